@@ -1,0 +1,97 @@
+"""``python -m ptth module:app --router HOST:PORT``: serve an ASGI app through a tunnel."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import cast
+
+from . import BackendOptions, run
+from ._types import ASGIApp
+from .errors import ConfigError, PTTHError
+
+
+def load_app(spec: str) -> ASGIApp:
+    """``package.module:attribute`` (attribute may be dotted); ``module`` alone means ``:app``."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise ConfigError(f"app must be MODULE:ATTRIBUTE, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    for part in (attr or "app").split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"{module_name!r} has no attribute {attr or 'app'!r}") from None
+    if not callable(obj):
+        raise ConfigError(f"{spec!r} is not callable")
+    return cast(ASGIApp, obj)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ptth",
+        description="Serve an ASGI app through ReverseHTTP tunnels dialled out to a ptth router.",
+    )
+    p.add_argument("app", help="the ASGI app, as MODULE:ATTRIBUTE (e.g. examples.backend:app)")
+    p.add_argument(
+        "--router",
+        action="append",
+        default=None,
+        help="router tunnel address HOST:PORT; repeat for several routers "
+        "(env PTTH_ROUTER, comma-separated; default 127.0.0.1:8887)",
+    )
+    p.add_argument("--service", default=os.environ.get("PTTH_SERVICE", "default"), help="service name to register (default: default)")
+    p.add_argument("--host", dest="hosts", action="append", default=[], help="host name to claim (repeatable; '*.example.com' allowed)")
+    p.add_argument("--path-prefix", default=None, help="path prefix to claim, e.g. /api")
+    p.add_argument("--token", default=os.environ.get("PTTH_TOKEN"), help="bearer token for the router (env PTTH_TOKEN)")
+    p.add_argument("--connections", type=int, default=1, help="tunnels to keep open to each router (default 1)")
+    p.add_argument("--max-streams", type=int, default=100, help="max concurrent requests per tunnel (default 100)")
+    p.add_argument("--weight", type=float, default=1.0, help="relative share of traffic (default 1)")
+    p.add_argument("--instance", default=None, help="instance id, stable across reconnects (default host-pid-random)")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on shutdown (default 30)")
+    p.add_argument("--log-level", default=os.environ.get("PTTH_LOG_LEVEL", "INFO"), help="logging level (default INFO)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    routers = args.router or [
+        a.strip() for a in os.environ.get("PTTH_ROUTER", "127.0.0.1:8887").split(",") if a.strip()
+    ]
+    try:
+        app = load_app(args.app)
+        fields = dict(
+            service=args.service,
+            hosts=tuple(args.hosts),
+            path_prefix=args.path_prefix,
+            token=args.token,
+            connections=args.connections,
+            max_concurrent_streams=args.max_streams,
+            weight=args.weight,
+            drain_timeout=args.drain_timeout,
+        )
+        if args.instance:
+            fields["instance"] = args.instance
+        options = BackendOptions(**fields)  # type: ignore[arg-type]
+        run(app, routers, options=options)
+    except PTTHError as exc:
+        print(f"ptth: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

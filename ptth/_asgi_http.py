@@ -1,0 +1,206 @@
+"""Serve one tunnel stream as an ASGI 3 ``http`` call.
+
+The request body is handed to the app chunk by chunk through ``receive()`` (each chunk is
+acknowledged to the router only then), and the response streams back as the app sends it.
+A crash after the response started resets the stream, so the user sees an aborted response,
+never a short body that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import trio
+from h2.errors import ErrorCodes
+
+from ._headers import RequestHead, clean_trailers, strip_hop_by_hop
+from ._stream import Headers, TunnelStream
+from ._types import ASGIApp, Message
+from .errors import HeaderError, TunnelError
+
+__all__ = ["build_scope", "serve_http"]
+
+log = logging.getLogger("ptth.asgi")
+
+
+def _client_from(headers: Headers) -> tuple[str, int] | None:
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            first = value.split(b",")[0].strip().decode("latin-1")
+            if first:
+                return (first, 0)
+    return None
+
+
+def _scheme_from(headers: Headers, default: str, websocket: bool) -> str:
+    scheme = default
+    for name, value in headers:
+        if name == b"x-forwarded-proto":
+            candidate = value.split(b",")[0].strip().decode("latin-1").lower()
+            if candidate in ("http", "https"):
+                scheme = candidate
+    if websocket:
+        return {"http": "ws", "https": "wss"}[scheme]
+    return scheme
+
+
+def build_scope(
+    head: RequestHead,
+    *,
+    scope_type: str,
+    server: tuple[str, int | None] | None,
+    root_path: str,
+) -> dict[str, Any]:
+    """The ASGI scope, with scheme and client taken from the router's X-Forwarded-* fields."""
+    path = unquote_to_bytes(head.path).decode("utf-8", "replace")
+    scope: dict[str, Any] = {
+        "type": scope_type,
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "2",
+        "scheme": _scheme_from(head.headers, head.scheme or "http", scope_type == "websocket"),
+        "path": path,
+        "raw_path": head.path,
+        "query_string": head.query_string,
+        "root_path": root_path,
+        "headers": head.headers,
+        "client": _client_from(head.headers),
+        "server": server,
+        "extensions": {"http.response.trailers": {}},
+    }
+    if scope_type == "http":
+        scope["method"] = head.method
+    return scope
+
+
+class _Responder:
+    """The ``send`` side: turns ASGI messages into HEADERS/DATA/trailers on the stream."""
+
+    def __init__(self, stream: TunnelStream, method: str) -> None:
+        self.stream = stream
+        self.head_only = method == "HEAD"
+        self.status: int | None = None
+        self.headers: Headers = []
+        self.trailers = False
+        self.headers_sent = False
+        self.complete = False
+        self.gone = False  # the router reset the stream: further sends are dropped
+
+    async def send(self, message: Message) -> None:
+        if self.gone or self.complete:
+            return
+        try:
+            await self._send(message)
+        except TunnelError:
+            self.gone = True
+
+    async def _send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.status is not None:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = int(message["status"])
+            self.headers = strip_hop_by_hop(message.get("headers", []))
+            self.trailers = bool(message.get("trailers", False))
+        elif kind == "http.response.body":
+            if self.status is None:
+                raise RuntimeError("http.response.body before http.response.start")
+            body = bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            end = not more and not self.trailers
+            if not self.headers_sent:
+                await self._send_headers(end_stream=end and (not body or self.head_only))
+                if end and (not body or self.head_only):
+                    self._completed()
+                    return
+            if self.head_only:
+                body = b""
+            if body or end:
+                await self.stream.send_data(body, end_stream=end)
+            if end:
+                self._completed()
+        elif kind == "http.response.trailers":
+            if not self.trailers:
+                raise RuntimeError("trailers sent without 'trailers': True in response start")
+            if not self.headers_sent:
+                await self._send_headers(end_stream=False)
+            if not message.get("more_trailers", False):
+                await self.stream.send_trailers(clean_trailers(message.get("headers", [])))
+                self._completed()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _completed(self) -> None:
+        self.complete = True
+        self.stream.wake()  # a receive() waiting for disconnect can now return
+
+    async def _send_headers(self, *, end_stream: bool) -> None:
+        block = [(b":status", str(self.status).encode()), *self.headers]
+        await self.stream.send_headers(block, end_stream=end_stream)
+        self.headers_sent = True
+
+
+async def serve_http(
+    app: ASGIApp,
+    stream: TunnelStream,
+    head: RequestHead,
+    *,
+    server: tuple[str, int | None] | None = None,
+    root_path: str = "",
+) -> None:
+    """Run ``app`` for one request on ``stream``; returns when the exchange is over."""
+    scope = build_scope(head, scope_type="http", server=server, root_path=root_path)
+    responder = _Responder(stream, head.method)
+    finished = trio.Event()
+
+    async def receive() -> Message:
+        if not finished.is_set() and not stream.received_end or stream.buffered:
+            try:
+                body = await stream.receive_data()
+            except TunnelError:
+                return {"type": "http.disconnect"}
+            more = not (stream.received_end and stream.buffered == 0)
+            return {"type": "http.request", "body": body, "more_body": more}
+        # The body is done: the next event an app can get is the user going away (a reset),
+        # or the response completing.
+        while stream.error is None and not responder.complete and not finished.is_set():
+            await stream.wait_changed()
+        return {"type": "http.disconnect"}
+
+    try:
+        await app(scope, receive, responder.send)
+    except Exception as exc:
+        if isinstance(exc, HeaderError):
+            log.warning("tunnel %s: app sent a bad header: %s", stream.tunnel.tunnel_id, exc)
+        else:
+            log.exception("tunnel %s: ASGI app raised", stream.tunnel.tunnel_id)
+        await _abort(responder)
+        return
+    finally:
+        finished.set()
+        stream.wake()
+    if not responder.complete and not responder.gone:
+        log.warning("tunnel %s: app returned without completing the response", stream.tunnel.tunnel_id)
+        await _abort(responder)
+
+
+async def _abort(responder: _Responder) -> None:
+    """500 if nothing was sent yet; otherwise reset so the truncation is visible downstream."""
+    if responder.gone or responder.complete:
+        return
+    try:
+        if not responder.headers_sent:
+            body = b"Internal Server Error\n"
+            await responder.stream.send_headers(
+                [
+                    (b":status", b"500"),
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+            )
+            await responder.stream.send_data(body, end_stream=True)
+        else:
+            await responder.stream.reset(ErrorCodes.INTERNAL_ERROR)
+    except TunnelError:
+        pass

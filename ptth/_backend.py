@@ -1,0 +1,264 @@
+"""``serve``: keep tunnels open to one or more routers and serve an ASGI app through them.
+
+Each (router, connection slot) pair has a connector task: dial, handshake, serve HTTP/2 until
+the tunnel drops, back off with full jitter, dial again. Refusals that retrying cannot fix
+(400/401/403/409) end ``serve`` with :class:`HandshakeRefused`. Cancelling ``serve`` drains:
+GOAWAY on every tunnel, in-flight requests finish (up to ``drain_timeout``), then lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from ._address import parse_address
+from ._asgi_http import serve_http
+from ._backoff import Backoff
+from ._h2 import H2Settings
+from ._handshake import ClientHandshake, Registration
+from ._headers import parse_request_block
+from ._lifespan import Lifespan
+from ._stream import TunnelStream
+from ._tunnel import Liveness, TunnelConnection
+from ._types import ASGIApp
+from .errors import ConfigError, HandshakeError, HandshakeRefused, HeaderError, PTTHError
+
+__all__ = ["BackendOptions", "parse_address", "serve"]
+
+log = logging.getLogger("ptth.backend")
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    service: str = "default"
+    hosts: tuple[str, ...] = ()
+    path_prefix: str | None = None
+    token: str | None = None
+    connections: int = 1
+    max_concurrent_streams: int = 100
+    weight: float = 1.0
+    instance: str = field(default_factory=_default_instance)
+    drain_timeout: float = 30.0
+    liveness: Liveness = field(default_factory=Liveness)
+    backoff_base: float = 0.1
+    backoff_cap: float = 30.0
+    backoff_reset_after: float = 30.0
+    root_path: str = ""
+
+
+class _Backend:
+    def __init__(self, app: ASGIApp, addresses: list[tuple[str, int]], options: BackendOptions):
+        self.app = app
+        self.addresses = addresses
+        self.options = options
+        self.registration = Registration(
+            service=options.service,
+            hosts=tuple(options.hosts),
+            path_prefix=options.path_prefix,
+            weight=options.weight,
+            instance=options.instance,
+            token=options.token,
+        )
+        try:
+            self.registration.validate()
+        except HandshakeError as exc:
+            raise ConfigError(str(exc)) from None
+        self.tunnels: set[TunnelConnection] = set()
+        self.draining = False
+        self.rng = random.Random()
+        self.connected = trio.Event()
+
+    async def _connector(self, host: str, port: int, slot: int) -> None:
+        opts = self.options
+        backoff = Backoff(
+            base=opts.backoff_base, cap=opts.backoff_cap, reset_after=opts.backoff_reset_after
+        )
+        while not self.draining:
+            try:
+                await self._connect_once(host, port, slot, backoff)
+            except HandshakeRefused as exc:
+                if not exc.retryable:
+                    log.error("router %s:%d refused the tunnel: %s %s", host, port, exc.status, exc.reason)
+                    raise
+                log.warning("router %s:%d: %s %s; retrying", host, port, exc.status, exc.reason)
+            except (OSError, PTTHError, trio.BrokenResourceError) as exc:
+                log.warning("router %s:%d: %s", host, port, exc)
+            backoff.disconnected(trio.current_time())
+            if self.draining:
+                return
+            delay = backoff.next_delay(self.rng)
+            log.info("reconnecting to %s:%d in %.2f s", host, port, delay)
+            await trio.sleep(delay)
+
+    async def _connect_once(self, host: str, port: int, slot: int, backoff: Backoff) -> None:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            sock = await trio.open_tcp_stream(host, port)
+        try:
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            handshake = ClientHandshake(self.registration, authority)
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await sock.send_all(handshake.request_bytes())
+                accepted = None
+                while accepted is None:
+                    accepted = handshake.receive(await sock.receive_some(65536))
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(sock)
+            raise HandshakeError("router did not answer the handshake in time") from None
+        except BaseException:
+            await trio.aclose_forcefully(sock)
+            raise
+        tunnel = TunnelConnection(
+            sock,
+            client_side=False,
+            tunnel_id=accepted.tunnel_id,
+            settings=H2Settings(max_concurrent_streams=self.options.max_concurrent_streams),
+            liveness=self.options.liveness,
+            on_stream=self._handle_stream,
+            initial_data=accepted.trailing,
+        )
+        log.info("tunnel %s: registered with %s:%d (service %s)", accepted.tunnel_id, host, port, self.options.service)
+        self.tunnels.add(tunnel)
+        backoff.connected(trio.current_time())
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(tunnel.run)
+                self.connected.set()
+                if self.draining:
+                    nursery.start_soon(tunnel.drain, self.options.drain_timeout)
+        finally:
+            self.tunnels.discard(tunnel)
+            log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel._closed)
+
+    async def _handle_stream(self, stream: TunnelStream) -> None:
+        headers = await stream.receive_headers()
+        try:
+            head = parse_request_block(headers)
+        except HeaderError as exc:
+            log.warning("tunnel %s: bad request block: %s", stream.tunnel.tunnel_id, exc)
+            body = f"{exc}\n".encode()
+            await stream.send_headers(
+                [(b":status", b"400"), (b"content-length", str(len(body)).encode())]
+            )
+            await stream.send_data(body, end_stream=True)
+            return
+        if head.method == "CONNECT" and head.protocol == "websocket":
+            from ._asgi_ws import serve_websocket  # issue 3: imported lazily
+
+            await serve_websocket(self.app, stream, head, root_path=self.options.root_path)
+            return
+        await serve_http(self.app, stream, head, root_path=self.options.root_path)
+
+    async def drain(self) -> None:
+        """GOAWAY on every tunnel and wait (bounded) until they are idle."""
+        self.draining = True
+        with trio.move_on_after(self.options.drain_timeout):
+            async with trio.open_nursery() as nursery:
+                for tunnel in list(self.tunnels):
+                    nursery.start_soon(tunnel.drain, self.options.drain_timeout)
+
+    async def run(self, task_status: trio.TaskStatus[None]) -> None:
+        lifespan = Lifespan(self.app)
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan.startup(lifespan_nursery)
+            try:
+                await self._serve_tunnels(task_status)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    await lifespan.shutdown()
+                lifespan_nursery.cancel_scope.cancel()
+
+    async def _serve_tunnels(self, task_status: trio.TaskStatus[None]) -> None:
+        # Connectors and the requests they serve live under a shielded scope: cancelling
+        # `serve` must drain them, not kill in-flight requests.
+        work = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as outer:
+
+            async def run_connectors() -> None:
+                with work:
+                    async with trio.open_nursery() as nursery:
+                        for host, port in self.addresses:
+                            for slot in range(self.options.connections):
+                                nursery.start_soon(self._connector, host, port, slot)
+                outer.cancel_scope.cancel()
+
+            outer.start_soon(run_connectors)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.drain()
+                    work.cancel()
+
+
+async def serve(
+    app: ASGIApp,
+    router_addr: str | Sequence[str],
+    *,
+    service: str = "default",
+    hosts: Sequence[str] = (),
+    path_prefix: str | None = None,
+    token: str | None = None,
+    connections: int = 1,
+    max_concurrent_streams: int = 100,
+    weight: float = 1.0,
+    options: BackendOptions | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` through tunnels to ``router_addr`` until cancelled (then drain and return).
+
+    ``router_addr`` is ``"host:port"`` or a list of them; ``connections`` tunnels are kept to
+    each. Raises :class:`~ptth.errors.HandshakeRefused` when a router refuses for good
+    (400/401/403/409) and :class:`~ptth.errors.LifespanError` when startup fails.
+    """
+    addresses = [router_addr] if isinstance(router_addr, str) else list(router_addr)
+    if not addresses:
+        raise ConfigError("at least one router address is required")
+    if connections < 1:
+        raise ConfigError("connections must be at least 1")
+    if options is None:
+        options = BackendOptions(
+            service=service,
+            hosts=tuple(hosts),
+            path_prefix=path_prefix,
+            token=token,
+            connections=connections,
+            max_concurrent_streams=max_concurrent_streams,
+            weight=weight,
+        )
+    backend = _Backend(app, [parse_address(a) for a in addresses], options)
+    try:
+        await backend.run(task_status)
+    except BaseExceptionGroup as group:
+        raise _single_error(group) from None
+
+
+def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Unwrap nursery groups so callers can ``except HandshakeRefused`` directly."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, PTTHError):
+            return leaf
+    return group

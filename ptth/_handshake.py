@@ -1,0 +1,302 @@
+"""The ReverseHTTP upgrade (DESIGN.md), parsed with h11 on both sides; no I/O.
+
+The backend sends ``POST /.well-known/ptth`` with ``Upgrade: reverse`` and ``ALPN: h2`` (RFC 7639);
+the router answers ``101`` with ``Selected-ALPN: h2`` or refuses with a real HTTP response whose
+body is a plain-text reason. After the 101 the roles flip: the router is the HTTP/2 client.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import h11
+
+from .errors import HandshakeError, HandshakeRefused
+
+__all__ = [
+    "MAX_HEAD_SIZE",
+    "WELL_KNOWN_PATH",
+    "Accepted",
+    "ClientHandshake",
+    "Registration",
+    "ServerHandshake",
+]
+
+WELL_KNOWN_PATH = b"/.well-known/ptth"
+MAX_HEAD_SIZE = 16 * 1024
+MAX_REASON_SIZE = 4 * 1024
+
+_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HOST_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,1023}$")
+_INSTANCE_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    409: "Conflict",
+    426: "Upgrade Required",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a backend asks for; validated by :meth:`ServerHandshake.receive`."""
+
+    service: str = "default"
+    hosts: tuple[str, ...] = ()
+    path_prefix: str | None = None
+    weight: float = 1.0
+    instance: str = ""
+    token: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`HandshakeError` (status 400) for values the router would refuse."""
+        if not _SERVICE_RE.match(self.service):
+            raise _bad(f"invalid Ptth-Service {self.service!r}")
+        for host in self.hosts:
+            if len(host) > 253 or not _HOST_RE.match(host):
+                raise _bad(f"invalid host claim {host!r}")
+        if self.path_prefix is not None and (
+            not _PREFIX_RE.match(self.path_prefix) or "//" in self.path_prefix
+        ):
+            raise _bad(f"invalid Ptth-Path-Prefix {self.path_prefix!r}")
+        if not (0 < self.weight <= 1000):
+            raise _bad(f"Ptth-Weight must be in (0, 1000], got {self.weight!r}")
+        if self.instance and not _INSTANCE_RE.match(self.instance):
+            raise _bad("invalid Ptth-Instance")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The router's 101: the tunnel id, the hosts it granted, and bytes already past the head."""
+
+    tunnel_id: str
+    hosts: tuple[str, ...]
+    trailing: bytes
+
+
+def _bad(reason: str) -> HandshakeError:
+    err = HandshakeError(reason)
+    err.status = 400
+    return err
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class ClientHandshake:
+    """Backend side: build the upgrade request, then parse the router's answer."""
+
+    def __init__(self, registration: Registration, authority: str) -> None:
+        registration.validate()
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self._registration = registration
+        self._authority = authority
+        self._refusal: h11.Response | None = None
+        self._reason = bytearray()
+
+    def request_bytes(self) -> bytes:
+        reg = self._registration
+        headers: list[tuple[str, str]] = [
+            ("Host", self._authority),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "reverse"),
+            ("ALPN", "h2"),
+            ("Content-Length", "0"),
+            ("Ptth-Service", reg.service),
+            ("Ptth-Weight", format(reg.weight, "g")),
+        ]
+        if reg.token is not None:
+            headers.append(("Authorization", f"Bearer {reg.token}"))
+        if reg.hosts:
+            headers.append(("Ptth-Hosts", ", ".join(reg.hosts)))
+        if reg.path_prefix is not None:
+            headers.append(("Ptth-Path-Prefix", reg.path_prefix))
+        if reg.instance:
+            headers.append(("Ptth-Instance", reg.instance))
+        data = self._conn.send(h11.Request(method="POST", target=WELL_KNOWN_PATH, headers=headers))
+        data += self._conn.send(h11.EndOfMessage()) or b""
+        return data or b""
+
+    def receive(self, data: bytes) -> Accepted | None:
+        """Feed bytes from the router (b"" at EOF); returns the acceptance once complete.
+
+        Raises :class:`HandshakeRefused` for a refusal, :class:`HandshakeError` for nonsense.
+        """
+        try:
+            self._conn.receive_data(data)
+            while True:
+                event = self._conn.next_event()
+                if event is h11.NEED_DATA:
+                    if not data:
+                        return self._eof()
+                    return None
+                if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101:
+                        return self._accepted(event)
+                    continue  # 100 Continue and friends
+                if isinstance(event, h11.Response):
+                    self._refusal = event
+                elif isinstance(event, h11.Data):
+                    if len(self._reason) < MAX_REASON_SIZE:
+                        self._reason += event.data[: MAX_REASON_SIZE - len(self._reason)]
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return self._eof()
+                elif event is h11.PAUSED:
+                    raise HandshakeError("router paused the handshake unexpectedly")
+        except h11.RemoteProtocolError as exc:
+            raise HandshakeError(f"malformed handshake response from router: {exc}") from exc
+
+    def _eof(self) -> Accepted | None:
+        if self._refusal is not None:
+            reason = self._reason.decode("utf-8", "replace").strip() or REASONS.get(
+                self._refusal.status_code, "refused"
+            )
+            raise HandshakeRefused(self._refusal.status_code, reason)
+        raise HandshakeError("router closed the connection during the handshake")
+
+    def _accepted(self, event: h11.InformationalResponse) -> Accepted:
+        fields = {name.lower(): value.decode("latin-1") for name, value in event.headers}
+        if fields.get(b"upgrade", "").lower() != "reverse":
+            raise HandshakeError("101 without Upgrade: reverse")
+        if fields.get(b"selected-alpn", "").strip() != "h2":
+            raise HandshakeError("router did not select h2 (Selected-ALPN)")
+        tunnel_id = fields.get(b"ptth-tunnel-id", "")
+        hosts = tuple(_split_list(fields.get(b"ptth-hosts", "")))
+        trailing, _closed = self._conn.trailing_data
+        return Accepted(tunnel_id=tunnel_id, hosts=hosts, trailing=bytes(trailing))
+
+
+class ServerHandshake:
+    """Router side: parse the upgrade request, then produce the 101 or a refusal."""
+
+    def __init__(self) -> None:
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self._request: h11.Request | None = None
+
+    def receive(self, data: bytes) -> Registration | None:
+        """Feed bytes (b"" at EOF). Returns the registration once the head is complete.
+
+        Raises :class:`HandshakeError` whose ``status`` is the refusal to send (400, 426, 431).
+        """
+        try:
+            self._conn.receive_data(data)
+            while True:
+                event = self._conn.next_event()
+                if event is h11.NEED_DATA:
+                    if not data:
+                        raise HandshakeError("peer closed the connection during the handshake")
+                    return None
+                if isinstance(event, h11.Request):
+                    self._request = event
+                    continue
+                if isinstance(event, h11.EndOfMessage) and self._request is not None:
+                    return self._registration(self._request)
+                if isinstance(event, h11.Data):
+                    raise _bad("the upgrade request must have no body")
+                if isinstance(event, h11.ConnectionClosed):
+                    raise HandshakeError("peer closed the connection during the handshake")
+                raise _bad("unexpected handshake event")
+        except h11.RemoteProtocolError as exc:
+            err = HandshakeError(f"malformed handshake: {exc}")
+            err.status = 431 if exc.error_status_hint == 431 else 400
+            raise err from exc
+
+    @property
+    def trailing(self) -> bytes:
+        """Bytes received after the head (the backend must wait for the 101, so usually none)."""
+        return bytes(self._conn.trailing_data[0])
+
+    def _registration(self, request: h11.Request) -> Registration:
+        fields: dict[bytes, list[str]] = {}
+        for name, value in request.headers:
+            fields.setdefault(name.lower(), []).append(value.decode("latin-1"))
+
+        def one(name: bytes) -> str | None:
+            values = fields.get(name)
+            if values is None:
+                return None
+            if len(values) > 1:
+                raise _bad(f"{name.decode()} given more than once")
+            return values[0].strip()
+
+        upgrade = [t.lower() for v in fields.get(b"upgrade", []) for t in _split_list(v)]
+        connection = [t.lower() for v in fields.get(b"connection", []) for t in _split_list(v)]
+        if "reverse" not in upgrade or "upgrade" not in connection:
+            err = HandshakeError("this port only speaks the ReverseHTTP upgrade (Upgrade: reverse)")
+            err.status = 426
+            raise err
+        if request.method != b"POST" or request.target != WELL_KNOWN_PATH:
+            raise _bad(f"expected POST {WELL_KNOWN_PATH.decode()}")
+        alpn = [t.lower() for v in fields.get(b"alpn", []) for t in _split_list(v)]
+        if "h2" not in alpn:
+            raise _bad("ALPN must offer h2")
+        token: str | None = None
+        authorization = one(b"authorization")
+        if authorization is not None:
+            scheme, _, credentials = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                raise _bad("Authorization must be a Bearer token")
+            token = credentials.strip()
+        weight_text = one(b"ptth-weight") or "1"
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            raise _bad(f"invalid Ptth-Weight {weight_text!r}") from None
+        hosts_text = ",".join(fields.get(b"ptth-hosts", []))
+        registration = Registration(
+            service=one(b"ptth-service") or "default",
+            hosts=tuple(h.lower().rstrip(".") for h in _split_list(hosts_text)),
+            path_prefix=one(b"ptth-path-prefix") or None,
+            weight=weight,
+            instance=one(b"ptth-instance") or "",
+            token=token,
+        )
+        registration.validate()
+        return registration
+
+    def accept(self, tunnel_id: str, hosts: tuple[str, ...]) -> bytes:
+        headers = [
+            ("Connection", "Upgrade"),
+            ("Upgrade", "reverse"),
+            ("Selected-ALPN", "h2"),
+            ("Ptth-Tunnel-Id", tunnel_id),
+        ]
+        if hosts:
+            headers.append(("Ptth-Hosts", ", ".join(hosts)))
+        return self._conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
+
+    def refuse(self, status: int, reason: str, *, retry_after: int | None = None) -> bytes:
+        """A complete refusal response; the caller closes the connection after sending it."""
+        body = (reason.strip() + "\n").encode("utf-8")
+        headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+        if status == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="ptth"'))
+        if status == 426:
+            headers.append(("Upgrade", "reverse"))
+        if retry_after is not None:
+            headers.append(("Retry-After", str(retry_after)))
+        response = h11.Response(
+            status_code=status, headers=headers, reason=REASONS.get(status, "Error").encode()
+        )
+        # The head may have been unparseable; a fresh connection object can always answer.
+        conn = self._conn if self._request is not None else None
+        if conn is None or conn.our_state is not h11.SEND_RESPONSE:
+            conn = h11.Connection(h11.SERVER)
+            conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.next_event()
+        out = conn.send(response) or b""
+        out += conn.send(h11.Data(data=body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        return out

@@ -1,0 +1,139 @@
+"""The one exception tree of ptth (backend helper and router alike).
+
+Callers branch on attributes (``status``, ``retryable``, ``error_code``), never on messages::
+
+    PTTHError
+    ├── ConfigError              bad settings or arguments
+    ├── HeaderError              a header field that must not cross the proxy (status 400)
+    ├── HandshakeError           the tunnel upgrade was malformed (either side)
+    │   └── HandshakeRefused     the router answered with a refusal (status, reason, retryable)
+    ├── TunnelError              the HTTP/2 tunnel failed
+    │   ├── TunnelClosed         the connection is gone (lost, GOAWAY, protocol error)
+    │   └── StreamReset          one stream was reset (error_code; refused=True if never processed)
+    ├── LifespanError            the app's lifespan startup or shutdown failed
+    └── ProxyError               a request the router cannot complete; ``status`` is the HTTP answer
+        ├── NoRoute              404
+        ├── NoTunnel             503 (+ Retry-After)
+        ├── ResponseTimeout      504
+        ├── BadGateway           502
+        ├── BodyTooLarge         413
+        └── HeadersTooLarge      431
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadGateway",
+    "BodyTooLarge",
+    "ConfigError",
+    "HandshakeError",
+    "HandshakeRefused",
+    "HeaderError",
+    "HeadersTooLarge",
+    "LifespanError",
+    "NoRoute",
+    "NoTunnel",
+    "PTTHError",
+    "ProxyError",
+    "ResponseTimeout",
+    "StreamReset",
+    "TunnelClosed",
+    "TunnelError",
+]
+
+# Statuses the helper must never retry: the router has told it the registration itself is wrong.
+NON_RETRYABLE_STATUSES = frozenset({400, 401, 403, 409})
+
+
+class PTTHError(Exception):
+    """Root of every error raised by ptth."""
+
+
+class ConfigError(PTTHError):
+    """Settings, flags or arguments that cannot work."""
+
+
+class HeaderError(PTTHError):
+    """A header that must not be forwarded (CR/LF/NUL, bad name, smuggling risk)."""
+
+    status = 400
+
+
+class HandshakeError(PTTHError):
+    """The ReverseHTTP upgrade was malformed, or the peer closed during it."""
+
+    status = 400
+
+
+class HandshakeRefused(HandshakeError):
+    """The router refused the tunnel with a real HTTP response.
+
+    ``retryable`` is False for 400/401/403/409: retrying cannot help, so ``ptth.serve`` raises.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"router refused the tunnel: {status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.retryable = status not in NON_RETRYABLE_STATUSES
+
+
+class TunnelError(PTTHError):
+    """The HTTP/2 tunnel failed."""
+
+
+class TunnelClosed(TunnelError):
+    """The tunnel connection is closed; ``error_code`` is the GOAWAY code when there was one."""
+
+    def __init__(self, message: str = "tunnel closed", error_code: int | None = None) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+class StreamReset(TunnelError):
+    """One stream was reset by the peer (or by us).
+
+    ``refused`` means the peer never processed it (REFUSED_STREAM, or above a GOAWAY's last stream
+    id), so any method may be retried on another tunnel.
+    """
+
+    def __init__(self, error_code: int, *, refused: bool = False) -> None:
+        super().__init__(f"stream reset (error code {error_code})")
+        self.error_code = error_code
+        self.refused = refused
+
+
+class LifespanError(PTTHError):
+    """The app's lifespan startup (or shutdown) failed; no tunnel is opened."""
+
+
+class ProxyError(PTTHError):
+    """A request the router answers itself; ``status`` is the HTTP status it sends."""
+
+    status = 502
+    retry_after: int | None = None
+
+
+class NoRoute(ProxyError):
+    status = 404
+
+
+class NoTunnel(ProxyError):
+    status = 503
+    retry_after = 1
+
+
+class ResponseTimeout(ProxyError):
+    status = 504
+
+
+class BadGateway(ProxyError):
+    status = 502
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431

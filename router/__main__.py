@@ -1,0 +1,53 @@
+"""``python -m router``: run a ptth router (see ``--help``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from ptth.errors import PTTHError
+
+from .config import load_config
+from .server import Router
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except PTTHError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    router = Router(config)
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def serve() -> None:
+                    await router.serve()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(serve)
+                async for _ in signals:
+                    router.shutdown()
+                    break
+                await trio.sleep_forever()
+
+    try:
+        trio.run(run)
+    except OSError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

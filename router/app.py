@@ -1,0 +1,34 @@
+"""The ASGI app hypercorn serves on the front end: every request is proxied through a tunnel."""
+
+from __future__ import annotations
+
+from ptth._types import Receive, Scope, Send
+
+from .proxy_http import ProxyContext, forward
+
+__all__ = ["RouterApp"]
+
+
+class RouterApp:
+    """ASGI 3 entry point: ``lifespan`` answered at once, ``http`` proxied, ``websocket`` proxied."""
+
+    def __init__(self, context: ProxyContext) -> None:
+        self.context = context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await forward(self.context, scope, receive, send)
+        elif kind == "websocket":
+            from .proxy_ws import forward_websocket  # issue 3
+
+            await forward_websocket(self.context, scope, receive, send)
+        elif kind == "lifespan":
+            # hypercorn's serve fails at start-up if lifespan is silently ignored.
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return

@@ -1,0 +1,147 @@
+"""Router settings: every default in one place, loaded one way (defaults < TOML < env < flags)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ptth.errors import ConfigError
+
+__all__ = ["RouterConfig", "build_parser", "load_config"]
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Defaults follow DESIGN.md and RELIABILITY.md; each has a flag, a PTTH_* variable, a key."""
+
+    http: str = "127.0.0.1:8888"
+    tunnel: str = "127.0.0.1:8887"
+    token: str | None = None
+    response_timeout: float = 30.0
+    response_idle_timeout: float = 300.0
+    default_service: str | None = "default"
+    grace: float = 30.0
+    queue_timeout: float = 5.0
+    max_body: int = 10 * 1024 * 1024  # 0 = unlimited (still streamed)
+    ping_interval: float = 10.0
+    dead_after: float = 20.0
+    drain_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+    max_streams_per_tunnel: int = 100
+    max_tunnels: int = 10_000
+    max_pending_handshakes: int = 64
+    trusted_proxies: tuple[str, ...] = ()
+    read_timeout: float = 60.0
+    log_level: str = "INFO"
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("response_timeout", "queue_timeout", "ping_interval", "dead_after"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.dead_after < self.ping_interval:
+            raise ConfigError("dead_after must be at least ping_interval")
+        if self.max_body < 0:
+            raise ConfigError("max_body must be >= 0")
+
+
+_HELP = {
+    "http": "front end address HOST:PORT (HTTP/1.1 and h2c)",
+    "tunnel": "tunnel listener address HOST:PORT where backends dial in",
+    "token": "require 'Authorization: Bearer TOKEN' on the tunnel port",
+    "response_timeout": "seconds to wait for response headers before 504",
+    "response_idle_timeout": "seconds of silence in a response body before it is aborted",
+    "default_service": "catch-all service for unmatched requests ('none' turns it off)",
+    "grace": "seconds a claim keeps routing (503) after its last tunnel dropped",
+    "queue_timeout": "seconds a request waits when every tunnel is at its stream limit",
+    "max_body": "request body limit in bytes (0 = unlimited); over it: 413",
+    "ping_interval": "seconds of tunnel silence before a PING",
+    "dead_after": "seconds without any frame before a tunnel is dead",
+    "drain_timeout": "seconds to let in-flight requests finish on shutdown",
+    "handshake_timeout": "seconds a new tunnel connection has to complete its handshake",
+    "max_streams_per_tunnel": "cap on concurrent streams per tunnel (also bounded by the backend)",
+    "max_tunnels": "cap on registered tunnels",
+    "max_pending_handshakes": "cap on tunnel connections still in their handshake",
+    "trusted_proxies": "comma-separated client IPs whose X-Forwarded-* are kept",
+    "read_timeout": "front end: seconds an idle user connection stays open",
+    "log_level": "logging level",
+    "access_log": "one log line per request (true/false)",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    field = {f.name: f for f in fields(RouterConfig)}[name]
+    kind = str(field.type)
+    try:
+        if name == "default_service":
+            text = str(value).strip()
+            return None if text.lower() in ("", "none", "off") else text
+        if name == "trusted_proxies":
+            items = value if isinstance(value, list | tuple) else str(value).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if name == "access_log":
+            if isinstance(value, bool):
+                return value
+            return str(value).strip().lower() in ("1", "true", "yes", "on")
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("int"):
+            return int(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid value for {name}: {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m router",
+        description="ptth router: backends dial in on the tunnel port, users call the front end.",
+        epilog="Every flag also reads PTTH_<NAME> from the environment and <name> from --config.",
+    )
+    p.add_argument("--config", help="TOML file with any of the settings below (keys as flag names, '_' or '-')")
+    defaults = RouterConfig()
+    for field in fields(RouterConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        env = "PTTH_" + field.name.upper()
+        p.add_argument(
+            flag,
+            dest=field.name,
+            default=None,
+            help=f"{_HELP[field.name]} (default: {default}; env {env})",
+        )
+    return p
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> RouterConfig:
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {args.config}: {exc}") from exc
+        data = data.get("router", data)
+        known = {f.name for f in fields(RouterConfig)}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown setting {key!r} in {args.config}")
+            values[name] = _coerce(name, value)
+    for field in fields(RouterConfig):
+        env_value = environ.get("PTTH_" + field.name.upper())
+        if env_value is not None:
+            values[field.name] = _coerce(field.name, env_value)
+        flag_value = getattr(args, field.name)
+        if flag_value is not None:
+            values[field.name] = _coerce(field.name, flag_value)
+    return dataclasses.replace(RouterConfig(), **values)

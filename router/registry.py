@@ -1,0 +1,151 @@
+"""Live tunnels by service, and the one place requests acquire and release a tunnel stream slot.
+
+The choice itself is plain code (``balancer.pick``); this module only waits when every tunnel
+is full, and wakes waiters when a slot frees or a tunnel arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import trio
+
+from ptth._handshake import Registration
+from ptth._tunnel import TunnelConnection
+from ptth.errors import HandshakeRefused, HeaderError, NoTunnel
+
+from .balancer import pick
+from .routing import RoutingTable
+
+__all__ = ["Registry", "RouterTunnel"]
+
+log = logging.getLogger("router.registry")
+
+
+@dataclass(eq=False)
+class RouterTunnel:
+    """A registered tunnel as the balancer sees it."""
+
+    tunnel_id: str
+    registration: Registration
+    connection: TunnelConnection
+    peer: str
+    stream_cap: int = 100
+    in_flight: int = 0
+    served: int = 0
+    registered_at: float = field(default_factory=trio.current_time)
+
+    @property
+    def max_streams(self) -> int:
+        if self.connection.draining:
+            return 0
+        return min(self.stream_cap, self.connection.peer_max_concurrent_streams)
+
+    @property
+    def weight(self) -> float:
+        return self.registration.weight
+
+    @property
+    def service(self) -> str:
+        return self.registration.service
+
+
+class Registry:
+    def __init__(
+        self,
+        *,
+        default_service: str | None = "default",
+        grace: float = 30.0,
+        queue_timeout: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.routing = RoutingTable(default_service=default_service, grace=grace)
+        self.queue_timeout = queue_timeout
+        self._services: dict[str, list[RouterTunnel]] = {}
+        self._tunnels: dict[str, RouterTunnel] = {}
+        self._slot_freed = trio.Event()
+        self._rng = rng or random.Random()
+
+    # -- registration ------------------------------------------------------------------------
+
+    def check(self, registration: Registration) -> None:
+        """Raise the refusal (409, 400) a registration must get before it is accepted."""
+        try:
+            self.routing.check_claim(
+                registration.service,
+                registration.hosts,
+                registration.path_prefix,
+                trio.current_time(),
+            )
+        except HeaderError as exc:
+            raise HandshakeRefused(400, str(exc)) from None
+
+    def add(self, tunnel: RouterTunnel) -> None:
+        reg = tunnel.registration
+        self.routing.add(
+            tunnel.tunnel_id, reg.service, reg.hosts, reg.path_prefix, trio.current_time()
+        )
+        self._tunnels[tunnel.tunnel_id] = tunnel
+        self._services.setdefault(reg.service, []).append(tunnel)
+        self._wake()
+
+    def remove(self, tunnel: RouterTunnel) -> None:
+        if self._tunnels.pop(tunnel.tunnel_id, None) is None:
+            return
+        self.routing.remove(tunnel.tunnel_id, trio.current_time())
+        pool = self._services.get(tunnel.service, [])
+        if tunnel in pool:
+            pool.remove(tunnel)
+        if not pool:
+            self._services.pop(tunnel.service, None)
+        self._wake()
+
+    def tunnels(self) -> list[RouterTunnel]:
+        return list(self._tunnels.values())
+
+    def pool(self, service: str) -> list[RouterTunnel]:
+        return list(self._services.get(service, ()))
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def match(self, host: str, path: str) -> str | None:
+        return self.routing.match(host, path, trio.current_time())
+
+    async def acquire(self, service: str, *, exclude: set[str] | None = None) -> RouterTunnel:
+        """A tunnel with a free stream slot, waiting up to the queue timeout when all are full.
+
+        Raises :class:`NoTunnel` (503) when the service has no live tunnel or the wait ran out.
+        """
+        with trio.move_on_after(self.queue_timeout):
+            while True:
+                pool = [
+                    t
+                    for t in self._services.get(service, ())
+                    if not t.connection.draining and (not exclude or t.tunnel_id not in exclude)
+                ]
+                if not pool:
+                    raise NoTunnel(f"no live tunnel for service {service!r}")
+                chosen = pick(pool, self._rng)
+                if chosen is not None:
+                    chosen.in_flight += 1
+                    return chosen
+                await self._slot_freed.wait()
+        raise NoTunnel(f"every tunnel of service {service!r} is busy")
+
+    def release(self, tunnel: RouterTunnel) -> None:
+        tunnel.in_flight -= 1
+        tunnel.served += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._slot_freed.set()
+        self._slot_freed = trio.Event()
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "tunnels": len(self._tunnels),
+            "services": {name: len(pool) for name, pool in self._services.items()},
+            "in_flight": sum(t.in_flight for t in self._tunnels.values()),
+        }

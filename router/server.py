@@ -1,0 +1,121 @@
+"""Run the whole router: tunnel listener + hypercorn front end, with a graceful drain."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ptth._address import format_address, parse_address
+
+from . import _hypercorn_patches
+from .app import RouterApp
+from .config import RouterConfig
+from .proxy_http import ProxyContext
+from .registry import Registry
+from .tunnel_listener import TunnelListener
+
+__all__ = ["Router", "RouterAddresses"]
+
+log = logging.getLogger("router")
+
+
+@dataclass(frozen=True)
+class RouterAddresses:
+    """Where the router actually listens (ports resolved when the config said 0)."""
+
+    http: tuple[str, int]
+    tunnel: tuple[str, int]
+
+    @property
+    def http_url(self) -> str:
+        return "http://" + format_address(*self.http)
+
+    @property
+    def tunnel_addr(self) -> str:
+        return format_address(*self.tunnel)
+
+
+class Router:
+    """``await nursery.start(router.serve)`` returns :class:`RouterAddresses`; ``shutdown()`` drains."""
+
+    def __init__(self, config: RouterConfig | None = None) -> None:
+        self.config = config or RouterConfig()
+        self.registry = Registry(
+            default_service=self.config.default_service,
+            grace=self.config.grace,
+            queue_timeout=self.config.queue_timeout,
+        )
+        self.listener = TunnelListener(self.config, self.registry)
+        self.context = ProxyContext(
+            config=self.config,
+            registry=self.registry,
+            trusted_proxies=frozenset(self.config.trusted_proxies),
+        )
+        self.app = RouterApp(self.context)
+        self._shutdown = trio.Event()
+
+    def shutdown(self) -> None:
+        """Start the graceful drain; ``serve`` returns when it is done."""
+        self._shutdown.set()
+
+    def _hypercorn_config(self) -> HypercornConfig:
+        cfg = HypercornConfig()
+        cfg.bind = [self.config.http]
+        cfg.accesslog = None
+        cfg.errorlog = logging.getLogger("router.frontend")
+        cfg.graceful_timeout = self.config.drain_timeout
+        cfg.keep_alive_timeout = self.config.read_timeout
+        cfg.h2_max_concurrent_streams = 100
+        cfg.keep_alive_max_requests = 1000
+        return cfg
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[RouterAddresses] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        _hypercorn_patches.install()
+        tunnel_host, tunnel_port = parse_address(self.config.tunnel, allow_port_zero=True)
+        listeners = await trio.open_tcp_listeners(tunnel_port, host=tunnel_host)
+        tunnel_bound = listeners[0].socket.getsockname()
+        async with trio.open_nursery() as nursery:
+            tunnel_scope = trio.CancelScope()
+
+            async def run_tunnel_port() -> None:
+                with tunnel_scope:
+                    await trio.serve_listeners(self.listener.handle, listeners)
+
+            nursery.start_soon(run_tunnel_port)
+            front_done = trio.Event()
+
+            async def run_front(task_status: trio.TaskStatus[list[str]]) -> None:
+                try:
+                    await hypercorn_serve(
+                        self.app,  # type: ignore[arg-type]
+                        self._hypercorn_config(),
+                        shutdown_trigger=self._shutdown.wait,
+                        task_status=task_status,
+                    )
+                finally:
+                    front_done.set()
+
+            binds: list[str] = await nursery.start(run_front)
+            host, _, port = binds[0].split("://", 1)[1].rpartition(":")
+            addresses = RouterAddresses(
+                http=(host.strip("[]"), int(port)),
+                tunnel=(str(tunnel_bound[0]), int(tunnel_bound[1])),
+            )
+            log.info("front end on %s, tunnel port on %s", addresses.http_url, addresses.tunnel_addr)
+            task_status.started(addresses)
+            await self._shutdown.wait()
+            log.info("shutting down: draining requests and tunnels")
+            # hypercorn stops accepting and finishes in-flight requests (graceful_timeout);
+            # tunnels must outlive those requests, then get drained themselves.
+            self.listener.draining = True
+            await front_done.wait()
+            with trio.move_on_after(self.config.drain_timeout):
+                await self.listener.drain()
+            tunnel_scope.cancel()
+            log.info("router stopped")

@@ -1,0 +1,194 @@
+"""The tunnel port: handshake each backend connection, then run it as an HTTP/2 client tunnel.
+
+A connection that sends garbage, nothing (handshake deadline), or an oversized head is answered
+(when possible) and closed; nothing it does reaches the rest of the router.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+
+import trio
+
+from ptth._h2 import H2Settings
+from ptth._handshake import Registration, ServerHandshake
+from ptth._tunnel import Liveness, TunnelConnection
+from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
+
+from .config import RouterConfig
+from .registry import Registry, RouterTunnel
+
+__all__ = ["TunnelListener"]
+
+log = logging.getLogger("router.tunnel")
+
+SETTINGS_TIMEOUT = 10.0
+
+
+def token_matches(expected: str | None, given: str | None) -> bool:
+    """Constant-time comparison (RELIABILITY.md row 20); no token configured accepts everyone."""
+    if expected is None:
+        return True
+    if given is None:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+        return f"{host}:{port}"
+    except (OSError, ValueError):
+        return "?"
+
+
+class TunnelListener:
+    def __init__(self, config: RouterConfig, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self.draining = False
+        self.connections: set[TunnelConnection] = set()
+        self._pending = 0
+        self._accepting = trio.Event()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """One accepted socket (``trio.serve_tcp`` handler)."""
+        peer = _peer(stream)
+        if self._pending >= self.config.max_pending_handshakes:
+            log.warning("tunnel port: too many pending handshakes; dropping %s", peer)
+            await trio.aclose_forcefully(stream)
+            return
+        self._pending += 1
+        try:
+            result = await self._handshake(stream, peer)
+        finally:
+            self._pending -= 1
+        if result is None:
+            return
+        registration, trailing, tunnel_id = result
+        await self._run_tunnel(stream, peer, registration, trailing, tunnel_id)
+
+    async def _handshake(
+        self, stream: trio.SocketStream, peer: str
+    ) -> tuple[Registration, bytes, str] | None:
+        handshake = ServerHandshake()
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                registration = None
+                while registration is None:
+                    data = await stream.receive_some(16384)
+                    registration = handshake.receive(data)
+                self._authorize(registration)
+                tunnel_id = secrets.token_hex(6)
+                await stream.send_all(handshake.accept(tunnel_id, registration.hosts))
+            return registration, handshake.trailing, tunnel_id
+        except HandshakeRefused as exc:
+            log.info("tunnel port: refused %s: %s %s", peer, exc.status, exc.reason)
+            retry_after = 5 if exc.status == 503 else None
+            await self._refuse(stream, handshake.refuse(exc.status, exc.reason, retry_after=retry_after))
+        except HandshakeError as exc:
+            log.info("tunnel port: bad handshake from %s: %s", peer, exc)
+            await self._refuse(stream, handshake.refuse(exc.status, str(exc)))
+        except trio.TooSlowError:
+            log.info("tunnel port: %s sent no complete handshake in %.0f s", peer, self.config.handshake_timeout)
+            await trio.aclose_forcefully(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("tunnel port: %s went away during the handshake: %r", peer, exc)
+            await trio.aclose_forcefully(stream)
+        return None
+
+    def _authorize(self, registration: Registration) -> None:
+        if self.draining:
+            raise HandshakeRefused(503, "router is draining; retry later")
+        if not token_matches(self.config.token, registration.token):
+            raise HandshakeRefused(401, "missing or invalid bearer token")
+        if len(self.registry.tunnels()) >= self.config.max_tunnels:
+            raise HandshakeRefused(503, "router has reached its tunnel limit")
+        self.registry.check(registration)
+
+    async def _refuse(self, stream: trio.SocketStream, response: bytes) -> None:
+        with trio.move_on_after(2):
+            try:
+                await stream.send_all(response)
+                await stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+    async def _run_tunnel(
+        self,
+        stream: trio.SocketStream,
+        peer: str,
+        registration: Registration,
+        trailing: bytes,
+        tunnel_id: str,
+    ) -> None:
+        cfg = self.config
+        connection = TunnelConnection(
+            stream,
+            client_side=True,
+            tunnel_id=tunnel_id,
+            settings=H2Settings(),
+            liveness=Liveness(interval=cfg.ping_interval, dead_after=cfg.dead_after),
+            initial_data=trailing,
+        )
+        tunnel = RouterTunnel(
+            tunnel_id=tunnel_id,
+            registration=registration,
+            connection=connection,
+            peer=peer,
+            stream_cap=cfg.max_streams_per_tunnel,
+        )
+        self.connections.add(connection)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(connection.run)
+                # The backend's SETTINGS carry its stream limit: register only once they came.
+                with trio.move_on_after(SETTINGS_TIMEOUT) as scope:
+                    await connection.wait_remote_settings()
+                if scope.cancelled_caught or connection.closed:
+                    log.warning("tunnel %s: no SETTINGS from %s; closing", tunnel_id, peer)
+                    await connection.aclose()
+                    return
+                try:
+                    self.registry.add(tunnel)
+                except PTTHError as exc:  # lost a race for a claim since the handshake
+                    log.warning("tunnel %s: %s", tunnel_id, exc)
+                    await connection.aclose()
+                    return
+                log.info(
+                    "tunnel %s: registered service=%s hosts=%s prefix=%s weight=%g "
+                    "instance=%s peer=%s max_streams=%d",
+                    tunnel_id,
+                    registration.service,
+                    ",".join(registration.hosts) or "-",
+                    registration.path_prefix or "-",
+                    registration.weight,
+                    registration.instance or "-",
+                    peer,
+                    tunnel.max_streams,
+                )
+                nursery.start_soon(self._watch_drain, tunnel)
+                await connection.wait_closed()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.registry.remove(tunnel)
+            self.connections.discard(connection)
+            log.info("tunnel %s: lost (%s); served %d", tunnel_id, connection._closed, tunnel.served)
+
+    async def _watch_drain(self, tunnel: RouterTunnel) -> None:
+        """Stop routing to a tunnel as soon as its backend announces a drain (GOAWAY)."""
+        connection = tunnel.connection
+        while not connection.draining:
+            await connection.wait_streams_changed()
+        log.info("tunnel %s: draining (no new requests)", tunnel.tunnel_id)
+        self.registry.remove(tunnel)
+
+    async def drain(self) -> None:
+        """Router shutdown: refuse new tunnels, GOAWAY every tunnel, wait, close."""
+        self.draining = True
+        async with trio.open_nursery() as nursery:
+            for connection in list(self.connections):
+                nursery.start_soon(connection.drain, self.config.drain_timeout)
