@@ -49,16 +49,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="router tunnel address HOST:PORT; repeat for several routers "
         "(env PTTH_ROUTER, comma-separated; default 127.0.0.1:8887)",
     )
-    p.add_argument("--service", default=os.environ.get("PTTH_SERVICE", "default"), help="service name to register (default: default)")
-    p.add_argument("--host", dest="hosts", action="append", default=[], help="host name to claim (repeatable; '*.example.com' allowed)")
+    p.add_argument(
+        "--service",
+        default=os.environ.get("PTTH_SERVICE", "default"),
+        help="service name to register (default: default)",
+    )
+    p.add_argument(
+        "--host",
+        dest="hosts",
+        action="append",
+        default=[],
+        help="host name to claim (repeatable; '*.example.com' allowed)",
+    )
     p.add_argument("--path-prefix", default=None, help="path prefix to claim, e.g. /api")
-    p.add_argument("--token", default=os.environ.get("PTTH_TOKEN"), help="bearer token for the router (env PTTH_TOKEN)")
-    p.add_argument("--connections", type=int, default=1, help="tunnels to keep open to each router (default 1)")
-    p.add_argument("--max-streams", type=int, default=100, help="max concurrent requests per tunnel (default 100)")
-    p.add_argument("--weight", type=float, default=1.0, help="relative share of traffic (default 1)")
-    p.add_argument("--instance", default=None, help="instance id, stable across reconnects (default host-pid-random)")
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on shutdown (default 30)")
-    p.add_argument("--log-level", default=os.environ.get("PTTH_LOG_LEVEL", "INFO"), help="logging level (default INFO)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("PTTH_TOKEN"),
+        help="bearer token for the router (env PTTH_TOKEN)",
+    )
+    p.add_argument(
+        "--connections", type=int, default=1, help="tunnels to keep open to each router (default 1)"
+    )
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=100,
+        help="max concurrent requests per tunnel (default 100)",
+    )
+    p.add_argument(
+        "--weight", type=float, default=1.0, help="relative share of traffic (default 1)"
+    )
+    p.add_argument(
+        "--instance",
+        default=None,
+        help="instance id, stable across reconnects (default host-pid-random)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight requests on shutdown (default 30)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("PTTH_LOG_LEVEL", "INFO"),
+        help="logging level (default INFO)",
+    )
     return p
 
 
@@ -85,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.instance:
             fields["instance"] = args.instance
-        options = BackendOptions(**fields)  # type: ignore[arg-type]
+        options = BackendOptions(**fields)
         run(app, routers, options=options)
     except PTTHError as exc:
         print(f"ptth: {exc}", file=sys.stderr)

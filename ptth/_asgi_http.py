@@ -155,7 +155,7 @@ async def serve_http(
     finished = trio.Event()
 
     async def receive() -> Message:
-        if not finished.is_set() and not stream.received_end or stream.buffered:
+        if (not finished.is_set() and not stream.received_end) or stream.buffered:
             try:
                 body = await stream.receive_data()
             except TunnelError:
@@ -181,7 +181,9 @@ async def serve_http(
         finished.set()
         stream.wake()
     if not responder.complete and not responder.gone:
-        log.warning("tunnel %s: app returned without completing the response", stream.tunnel.tunnel_id)
+        log.warning(
+            "tunnel %s: app returned without completing the response", stream.tunnel.tunnel_id
+        )
         await _abort(responder)
 
 

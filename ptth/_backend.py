@@ -91,7 +91,9 @@ class _Backend:
                 await self._connect_once(host, port, slot, backoff)
             except HandshakeRefused as exc:
                 if not exc.retryable:
-                    log.error("router %s:%d refused the tunnel: %s %s", host, port, exc.status, exc.reason)
+                    log.error(
+                        "router %s:%d refused the tunnel: %s %s", host, port, exc.status, exc.reason
+                    )
                     raise
                 log.warning("router %s:%d: %s %s; retrying", host, port, exc.status, exc.reason)
             except (OSError, PTTHError, trio.BrokenResourceError) as exc:
@@ -129,7 +131,13 @@ class _Backend:
             on_stream=self._handle_stream,
             initial_data=accepted.trailing,
         )
-        log.info("tunnel %s: registered with %s:%d (service %s)", accepted.tunnel_id, host, port, self.options.service)
+        log.info(
+            "tunnel %s: registered with %s:%d (service %s)",
+            accepted.tunnel_id,
+            host,
+            port,
+            self.options.service,
+        )
         self.tunnels.add(tunnel)
         backoff.connected(trio.current_time())
         try:
@@ -153,11 +161,6 @@ class _Backend:
                 [(b":status", b"400"), (b"content-length", str(len(body)).encode())]
             )
             await stream.send_data(body, end_stream=True)
-            return
-        if head.method == "CONNECT" and head.protocol == "websocket":
-            from ._asgi_ws import serve_websocket  # issue 3: imported lazily
-
-            await serve_websocket(self.app, stream, head, root_path=self.options.root_path)
             return
         await serve_http(self.app, stream, head, root_path=self.options.root_path)
 

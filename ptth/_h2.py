@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -86,10 +86,10 @@ def make_connection(
         validate_inbound_headers=True,
         validate_outbound_headers=True,
         normalize_outbound_headers=True,
-        logger=_H2Logger(logger),
+        logger=cast(Any, _H2Logger(logger)),  # h2 only calls .debug and .trace
     )
     conn = TunnelH2Connection(config=config)
-    local: dict[int, int] = {
+    local: dict[h2.settings.SettingCodes, int] = {
         h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,
         h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
         h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,

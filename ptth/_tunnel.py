@@ -1,4 +1,4 @@
-"""The trio driver of one HTTP/2 tunnel connection; used by the router (client) and backend (server).
+"""The trio driver of one HTTP/2 tunnel: the router is its client, the backend its server.
 
 One reader task owns the socket's receive side and never awaits a consumer; every write goes
 through :meth:`TunnelConnection._flush`, one lock-guarded ``send_all`` with a deadline, so h2's
@@ -9,7 +9,6 @@ marks the tunnel dead.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -80,6 +79,7 @@ class TunnelConnection:
         self._last_received = trio.current_time()
         self._budget = FrameBudget()
         self._handler_nursery: trio.Nursery | None = None
+        self._reader_scope = trio.CancelScope()
         self.streams_opened = 0
 
     # -- state -------------------------------------------------------------------------------
@@ -128,7 +128,8 @@ class TunnelConnection:
                     await self._receive(self._initial_data)
                 nursery.start_soon(self._keepalive)
                 task_status.started()
-                await self._read_loop()
+                with self._reader_scope:
+                    await self._read_loop()
                 nursery.cancel_scope.cancel()
         finally:
             self._mark_closed(self._closed or TunnelClosed("tunnel closed"))
@@ -147,10 +148,10 @@ class TunnelConnection:
                 return
             await self._receive(data)
 
-    async def _receive(self, data: bytes) -> None:
+    async def _receive(self, data: bytes | bytearray) -> None:
         self._last_received = trio.current_time()
         try:
-            events = self._conn.receive_data(data)
+            events = self._conn.receive_data(bytes(data))
         except h2.exceptions.ProtocolError as exc:
             code = getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)
             log.warning("tunnel %s: protocol error from peer: %s", self.tunnel_id, exc)
@@ -183,11 +184,11 @@ class TunnelConnection:
             self._budget.headers_frame(now)
             stream = self._streams.get(event.stream_id or 0)
             if stream is not None:
-                stream._on_headers(list(event.headers or []))  # type: ignore[arg-type]
+                stream._on_headers(list(event.headers or []))
         elif isinstance(event, h2.events.InformationalResponseReceived):
             stream = self._streams.get(event.stream_id or 0)
             if stream is not None:
-                stream._on_informational(list(event.headers or []))  # type: ignore[arg-type]
+                stream._on_informational(list(event.headers or []))
         elif isinstance(event, h2.events.StreamEnded):
             stream = self._streams.get(event.stream_id or 0)
             if stream is not None:
@@ -221,7 +222,7 @@ class TunnelConnection:
             self._conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         stream = TunnelStream(self, stream_id)
-        stream._on_headers(list(event.headers or []))  # type: ignore[arg-type]
+        stream._on_headers(list(event.headers or []))
         if event.stream_ended is not None:
             stream._on_end()
         self._streams[stream_id] = stream
@@ -290,7 +291,9 @@ class TunnelConnection:
         await self._flush()
         return stream
 
-    async def _send_headers(self, stream: TunnelStream, headers: Headers, *, end_stream: bool) -> None:
+    async def _send_headers(
+        self, stream: TunnelStream, headers: Headers, *, end_stream: bool
+    ) -> None:
         self._check_stream(stream)
         try:
             self._conn.send_headers(stream.stream_id, headers, end_stream=end_stream)
@@ -450,23 +453,7 @@ class TunnelConnection:
         self._streams_changed.set()
         self._wake_senders()
         self._closed_event.set()
-        if self._handler_nursery is not None:
-            # The reader is done; handlers see the error on their next wait.
-            pass
-        # Unblock the reader: closing the socket makes receive_some fail at once.
-        with trio.CancelScope(shield=True):
-            try:
-                self._socket_close_nowait()
-            except Exception:  # noqa: BLE001 - best effort
-                pass
-
-    def _socket_close_nowait(self) -> None:
-        sock = getattr(self._socket, "socket", None)
-        if sock is not None:
-            try:
-                sock.shutdown(2)  # SHUT_RDWR
-            except OSError:
-                pass
+        self._reader_scope.cancel()  # the reader may be blocked in receive_some
 
     def statistics(self) -> dict[str, float]:
         return {
@@ -474,5 +461,5 @@ class TunnelConnection:
             "streams_opened": self.streams_opened,
             "outbound_window": self._conn.outbound_flow_control_window,
             "idle_for": trio.current_time() - self._last_received,
-            "closed": math.nan if self._closed is None else 1.0,
+            "closed": float(self._closed is not None),
         }

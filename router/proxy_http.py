@@ -139,7 +139,7 @@ async def forward(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send)
     finally:
         if ctx.config.access_log:
             log.info(
-                '%s %s %s %s %d %d %.1fms tunnel=%s',
+                "%s %s %s %s %d %d %.1fms tunnel=%s",
                 scope.get("client", ("-",))[0] if scope.get("client") else "-",
                 scope["method"],
                 host or "-",
@@ -184,7 +184,8 @@ async def _forward(
     if limit and declared is not None and declared > limit:
         raise BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
     no_body = declared == 0 or (
-        declared is None and not any(n == b"transfer-encoding" for n, _ in scope["headers"])
+        declared is None
+        and not any(n == b"transfer-encoding" for n, _ in scope["headers"])
         and scope.get("http_version") == "1.1"
     )
     body = _Body(receive, limit)
@@ -280,10 +281,10 @@ async def _pump_request(body: _Body, stream: TunnelStream, scope: trio.CancelSco
                 scope.cancel()
                 return
         while True:
-            chunk = await body.next_chunk()
-            if chunk is None:
+            next_chunk = await body.next_chunk()
+            if next_chunk is None:
                 break
-            await stream.send_data(chunk, end_stream=body.complete)
+            await stream.send_data(next_chunk, end_stream=body.complete)
             if body.complete:
                 break
         await stream.end()

@@ -40,7 +40,7 @@ class RouterAddresses:
 
 
 class Router:
-    """``await nursery.start(router.serve)`` returns :class:`RouterAddresses`; ``shutdown()`` drains."""
+    """`await nursery.start(router.serve)` gives the bound addresses; `shutdown()` drains."""
 
     def __init__(self, config: RouterConfig | None = None) -> None:
         self.config = config or RouterConfig()
@@ -107,7 +107,9 @@ class Router:
                 http=(host.strip("[]"), int(port)),
                 tunnel=(str(tunnel_bound[0]), int(tunnel_bound[1])),
             )
-            log.info("front end on %s, tunnel port on %s", addresses.http_url, addresses.tunnel_addr)
+            log.info(
+                "front end on %s, tunnel port on %s", addresses.http_url, addresses.tunnel_addr
+            )
             task_status.started(addresses)
             await self._shutdown.wait()
             log.info("shutting down: draining requests and tunnels")

@@ -87,12 +87,18 @@ class TunnelListener:
         except HandshakeRefused as exc:
             log.info("tunnel port: refused %s: %s %s", peer, exc.status, exc.reason)
             retry_after = 5 if exc.status == 503 else None
-            await self._refuse(stream, handshake.refuse(exc.status, exc.reason, retry_after=retry_after))
+            await self._refuse(
+                stream, handshake.refuse(exc.status, exc.reason, retry_after=retry_after)
+            )
         except HandshakeError as exc:
             log.info("tunnel port: bad handshake from %s: %s", peer, exc)
             await self._refuse(stream, handshake.refuse(exc.status, str(exc)))
         except trio.TooSlowError:
-            log.info("tunnel port: %s sent no complete handshake in %.0f s", peer, self.config.handshake_timeout)
+            log.info(
+                "tunnel port: %s sent no complete handshake in %.0f s",
+                peer,
+                self.config.handshake_timeout,
+            )
             await trio.aclose_forcefully(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("tunnel port: %s went away during the handshake: %r", peer, exc)
@@ -176,7 +182,9 @@ class TunnelListener:
         finally:
             self.registry.remove(tunnel)
             self.connections.discard(connection)
-            log.info("tunnel %s: lost (%s); served %d", tunnel_id, connection._closed, tunnel.served)
+            log.info(
+                "tunnel %s: lost (%s); served %d", tunnel_id, connection._closed, tunnel.served
+            )
 
     async def _watch_drain(self, tunnel: RouterTunnel) -> None:
         """Stop routing to a tunnel as soon as its backend announces a drain (GOAWAY)."""
