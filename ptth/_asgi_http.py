@@ -153,15 +153,17 @@ async def serve_http(
     scope = build_scope(head, scope_type="http", server=server, root_path=root_path)
     responder = _Responder(stream, head.method)
     finished = trio.Event()
+    body_done = False
 
     async def receive() -> Message:
-        if (not finished.is_set() and not stream.received_end) or stream.buffered:
+        nonlocal body_done
+        if not body_done and not finished.is_set():
             try:
                 body = await stream.receive_data()
             except TunnelError:
                 return {"type": "http.disconnect"}
-            more = not (stream.received_end and stream.buffered == 0)
-            return {"type": "http.request", "body": body, "more_body": more}
+            body_done = stream.received_end and stream.buffered == 0
+            return {"type": "http.request", "body": body, "more_body": not body_done}
         # The body is done: the next event an app can get is the user going away (a reset),
         # or the response completing.
         while stream.error is None and not responder.complete and not finished.is_set():

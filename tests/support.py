@@ -1,0 +1,182 @@
+"""Shared test helpers: an in-process router and backends on 127.0.0.1 with ephemeral ports."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import ptth
+from ptth._types import ASGIApp, Receive, Scope, Send
+from router.config import RouterConfig
+from router.server import Router, RouterAddresses
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunningRouter:
+    router: Router
+    addresses: RouterAddresses
+    scope: trio.CancelScope
+
+    @property
+    def url(self) -> str:
+        return self.addresses.http_url
+
+    @property
+    def tunnel(self) -> str:
+        return self.addresses.tunnel_addr
+
+    def tunnel_count(self, service: str | None = None) -> int:
+        tunnels = self.router.registry.tunnels()
+        if service is not None:
+            tunnels = [t for t in tunnels if t.service == service]
+        return len(tunnels)
+
+    async def wait_tunnels(
+        self, count: int, service: str | None = None, timeout: float = 10
+    ) -> None:
+        with trio.fail_after(timeout):
+            while self.tunnel_count(service) < count:
+                await trio.sleep(0.01)
+
+
+async def start_router(nursery: trio.Nursery, **overrides: Any) -> RunningRouter:
+    """A router on 127.0.0.1:0 (both ports); ``overrides`` are RouterConfig fields."""
+    fields = {"http": "127.0.0.1:0", "tunnel": "127.0.0.1:0", "access_log": False}
+    fields.update(overrides)
+    config = dataclasses.replace(RouterConfig(), **fields)
+    router = Router(config)
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[RouterAddresses]) -> None:
+        with scope:
+            await router.serve(task_status=task_status)
+
+    addresses = await nursery.start(run)
+    return RunningRouter(router, addresses, scope)
+
+
+@dataclass
+class RunningBackend:
+    scope: trio.CancelScope
+    done: trio.Event
+    error: BaseException | None = None
+
+    async def stop(self) -> None:
+        """Cancel ``serve`` (which drains) and wait for it to return."""
+        self.scope.cancel()
+        await self.done.wait()
+
+
+async def start_backend(
+    nursery: trio.Nursery, app: ASGIApp, router_addr: str | list[str], **kwargs: Any
+) -> RunningBackend:
+    """Run ``ptth.serve`` in ``nursery``; errors are stored on the handle, not raised."""
+    handle = RunningBackend(trio.CancelScope(), trio.Event())
+
+    async def run() -> None:
+        try:
+            with handle.scope:
+                await ptth.serve(app, router_addr, **kwargs)
+        except Exception as exc:
+            handle.error = exc
+        finally:
+            handle.done.set()
+
+    nursery.start_soon(run)
+    return handle
+
+
+# -- sample apps ---------------------------------------------------------------------------
+
+
+def make_hello_app(name: str) -> ASGIApp:
+    """GET anything -> 200 "bar" with X-Backend: name; POST echoes the body."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        payload = body if scope["method"] == "POST" else b"bar"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"x-backend", name.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+def deterministic_chunk(index: int, size: int) -> bytes:
+    seed = hashlib.sha256(index.to_bytes(8, "big")).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def spawn(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A child Python process that is always killed and reaped."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    if env:
+        full_env.update(env)
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port}")
