@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import trio
 
 from ._backend import BackendOptions, serve
+from ._groups import unwrap
 from ._tunnel import Liveness
 from ._types import ASGIApp
 from .errors import (
@@ -95,6 +96,4 @@ def run(
     try:
         trio.run(main)
     except BaseExceptionGroup as group:
-        from ._backend import _single_error
-
-        raise _single_error(group) from None
+        raise unwrap(group, PTTHError) from None

@@ -21,6 +21,7 @@ import trio
 from ._address import parse_address
 from ._asgi_http import serve_http
 from ._backoff import Backoff
+from ._groups import unwrap
 from ._h2 import H2Settings
 from ._handshake import ClientHandshake, Registration
 from ._headers import parse_request_block
@@ -88,7 +89,10 @@ class _Backend:
         )
         while not self.draining:
             try:
-                await self._connect_once(host, port, slot, backoff)
+                try:
+                    await self._connect_once(host, port, slot, backoff)
+                except BaseExceptionGroup as group:
+                    raise unwrap(group, PTTHError) from None
             except HandshakeRefused as exc:
                 if not exc.retryable:
                     log.error(
@@ -98,6 +102,8 @@ class _Backend:
                 log.warning("router %s:%d: %s %s; retrying", host, port, exc.status, exc.reason)
             except (OSError, PTTHError, trio.BrokenResourceError) as exc:
                 log.warning("router %s:%d: %s", host, port, exc)
+            except Exception:
+                log.exception("router %s:%d: unexpected error; reconnecting", host, port)
             backoff.disconnected(trio.current_time())
             if self.draining:
                 return
@@ -246,22 +252,4 @@ async def serve(
     try:
         await backend.run(task_status)
     except BaseExceptionGroup as group:
-        raise _single_error(group) from None
-
-
-def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """Unwrap nursery groups so callers can ``except HandshakeRefused`` directly."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for leaf in leaves:
-        if isinstance(leaf, PTTHError):
-            return leaf
-    return group
+        raise unwrap(group, PTTHError) from None

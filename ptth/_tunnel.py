@@ -232,6 +232,11 @@ class TunnelConnection:
         assert self._on_stream is not None
         try:
             await self._on_stream(stream)
+        except TunnelError as exc:
+            log.info("tunnel %s: stream %d ended: %s", self.tunnel_id, stream.stream_id, exc)
+        except Exception:
+            # One broken request must never take the tunnel (and its other streams) down.
+            log.exception("tunnel %s: stream %d handler failed", self.tunnel_id, stream.stream_id)
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import trio
 from h2.errors import ErrorCodes
 
+from ptth._groups import unwrap
 from ptth._headers import clean_trailers, from_tunnel_response, to_tunnel_request
 from ptth._stream import TunnelStream
 from ptth._types import Message, Receive, Scope, Send
@@ -23,6 +24,7 @@ from ptth.errors import (
     HeaderError,
     NoRoute,
     ProxyError,
+    PTTHError,
     ResponseTimeout,
     StreamReset,
     TunnelError,
@@ -236,21 +238,10 @@ async def _exchange(
     except TunnelError as exc:
         raise StreamReset(ErrorCodes.REFUSED_STREAM, refused=True) from exc
     try:
-        async with trio.open_nursery() as nursery:
-            if end_now:
-                nursery.start_soon(_watch_disconnect, body, nursery.cancel_scope)
-            else:
-                nursery.start_soon(_pump_request, body, stream, nursery.cancel_scope)
-            with trio.move_on_after(cfg.response_timeout) as waiting:
-                response_headers = await stream.receive_headers()
-            if waiting.cancelled_caught:
-                raise ResponseTimeout(f"no response headers within {cfg.response_timeout:g} s")
-            try:
-                status, response_fields = from_tunnel_response(response_headers)
-            except HeaderError as exc:
-                raise BadGateway(f"backend sent an invalid response: {exc}") from None
-            await _relay_response(cfg, stream, status, response_fields, scope, send, outcome)
-            nursery.cancel_scope.cancel()
+        try:
+            await _run_exchange(cfg, stream, body, end_now, scope, send, outcome)
+        except BaseExceptionGroup as group:
+            raise unwrap(group, PTTHError) from None
         if body.disconnected:
             raise ClientGone()
     except StreamReset:
@@ -262,6 +253,33 @@ async def _exchange(
     finally:
         with trio.CancelScope(shield=True):
             await stream.aclose()
+
+
+async def _run_exchange(
+    cfg: RouterConfig,
+    stream: TunnelStream,
+    body: _Body,
+    end_now: bool,
+    scope: Scope,
+    send: Send,
+    outcome: _Outcome,
+) -> None:
+    """Pump the request body and relay the response concurrently (a user gone cancels both)."""
+    async with trio.open_nursery() as nursery:
+        if end_now:
+            nursery.start_soon(_watch_disconnect, body, nursery.cancel_scope)
+        else:
+            nursery.start_soon(_pump_request, body, stream, nursery.cancel_scope)
+        with trio.move_on_after(cfg.response_timeout) as waiting:
+            response_headers = await stream.receive_headers()
+        if waiting.cancelled_caught:
+            raise ResponseTimeout(f"no response headers within {cfg.response_timeout:g} s")
+        try:
+            status, response_fields = from_tunnel_response(response_headers)
+        except HeaderError as exc:
+            raise BadGateway(f"backend sent an invalid response: {exc}") from None
+        await _relay_response(cfg, stream, status, response_fields, scope, send, outcome)
+        nursery.cancel_scope.cancel()
 
 
 async def _watch_disconnect(body: _Body, scope: trio.CancelScope) -> None:
