@@ -27,11 +27,11 @@ from ._handshake import ClientHandshake, Registration
 from ._headers import parse_request_block
 from ._lifespan import Lifespan
 from ._stream import TunnelStream
-from ._tunnel import Liveness, TunnelConnection
+from ._tunnel import Liveness, StreamHandler, TunnelConnection
 from ._types import ASGIApp
 from .errors import ConfigError, HandshakeError, HandshakeRefused, HeaderError, PTTHError
 
-__all__ = ["BackendOptions", "parse_address", "serve"]
+__all__ = ["BackendOptions", "parse_address", "run_backend", "serve"]
 
 log = logging.getLogger("ptth.backend")
 
@@ -61,8 +61,19 @@ class BackendOptions:
 
 
 class _Backend:
-    def __init__(self, app: ASGIApp, addresses: list[tuple[str, int]], options: BackendOptions):
+    def __init__(
+        self,
+        app: ASGIApp | None,
+        addresses: list[tuple[str, int]],
+        options: BackendOptions,
+        *,
+        handler: StreamHandler | None = None,
+    ) -> None:
+        """Serve ``app`` (ASGI, with lifespan) or, in agent mode, hand each stream to ``handler``."""
+        if (app is None) == (handler is None):
+            raise ConfigError("give exactly one of an ASGI app or a stream handler")
         self.app = app
+        self.handler = handler
         self.addresses = addresses
         self.options = options
         self.registration = Registration(
@@ -134,7 +145,7 @@ class _Backend:
             tunnel_id=accepted.tunnel_id,
             settings=H2Settings(max_concurrent_streams=self.options.max_concurrent_streams),
             liveness=self.options.liveness,
-            on_stream=self._handle_stream,
+            on_stream=self.handler or self._handle_stream,
             initial_data=accepted.trailing,
         )
         log.info(
@@ -157,6 +168,7 @@ class _Backend:
             log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel._closed)
 
     async def _handle_stream(self, stream: TunnelStream) -> None:
+        assert self.app is not None
         headers = await stream.receive_headers()
         try:
             head = parse_request_block(headers)
@@ -179,6 +191,9 @@ class _Backend:
                     nursery.start_soon(tunnel.drain, self.options.drain_timeout)
 
     async def run(self, task_status: trio.TaskStatus[None]) -> None:
+        if self.app is None:  # agent mode: the upstream server has its own lifecycle
+            await self._serve_tunnels(task_status)
+            return
         lifespan = Lifespan(self.app)
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan.startup(lifespan_nursery)
@@ -248,7 +263,19 @@ async def serve(
             max_concurrent_streams=max_concurrent_streams,
             weight=weight,
         )
-    backend = _Backend(app, [parse_address(a) for a in addresses], options)
+    await run_backend(app, addresses, options, task_status=task_status)
+
+
+async def run_backend(
+    app: ASGIApp | None,
+    addresses: Sequence[str],
+    options: BackendOptions,
+    *,
+    handler: StreamHandler | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The engine behind ``serve`` and agent mode: ``app`` or ``handler`` serves each stream."""
+    backend = _Backend(app, [parse_address(a) for a in addresses], options, handler=handler)
     try:
         await backend.run(task_status)
     except BaseExceptionGroup as group:
