@@ -69,7 +69,7 @@ class _Backend:
         *,
         handler: StreamHandler | None = None,
     ) -> None:
-        """Serve ``app`` (ASGI, with lifespan) or, in agent mode, hand each stream to ``handler``."""
+        """Serve ``app`` (ASGI, with lifespan), or hand each stream to ``handler`` (agent mode)."""
         if (app is None) == (handler is None):
             raise ConfigError("give exactly one of an ASGI app or a stream handler")
         self.app = app
