@@ -196,12 +196,16 @@ class _Backend:
             return
         lifespan = Lifespan(self.app)
         async with trio.open_nursery() as lifespan_nursery:
-            await lifespan.startup(lifespan_nursery)
             try:
-                await self._serve_tunnels(task_status)
+                await lifespan.startup(lifespan_nursery)
+                try:
+                    await self._serve_tunnels(task_status)
+                finally:
+                    # Shielded: cancelling `serve` must still run the app's shutdown.
+                    with trio.CancelScope(shield=True), trio.move_on_after(30):
+                        await lifespan.shutdown()
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(30):
-                    await lifespan.shutdown()
+                lifespan.close()  # the app's lifespan task is shielded from our cancellation
                 lifespan_nursery.cancel_scope.cancel()
 
     async def _serve_tunnels(self, task_status: trio.TaskStatus[None]) -> None:

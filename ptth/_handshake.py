@@ -28,11 +28,15 @@ MAX_HEAD_SIZE = 16 * 1024
 MAX_REASON_SIZE = 4 * 1024
 
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Host names are case-insensitive (RFC 4343): the router lowercases claims before checking them.
 _HOST_RE = re.compile(
-    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+    re.IGNORECASE,
 )
 _PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,1023}$")
 _INSTANCE_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+# A bearer token must fit in "Authorization: Bearer <token>" (RFC 6750 b64token is narrower).
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,4096}$")
 
 REASONS = {
     400: "Bad Request",
@@ -72,6 +76,8 @@ class Registration:
             raise _bad(f"Ptth-Weight must be in (0, 1000], got {self.weight!r}")
         if self.instance and not _INSTANCE_RE.match(self.instance):
             raise _bad("invalid Ptth-Instance")
+        if self.token is not None and not _TOKEN_RE.match(self.token):
+            raise _bad("invalid bearer token (empty, too long, or not visible ASCII)")
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,7 @@ class ServerHandshake:
     def __init__(self) -> None:
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         self._request: h11.Request | None = None
+        self._received = 0
 
     def receive(self, data: bytes) -> Registration | None:
         """Feed bytes (b"" at EOF). Returns the registration once the head is complete.
@@ -189,6 +196,7 @@ class ServerHandshake:
         Raises :class:`HandshakeError` whose ``status`` is the refusal to send (400, 426, 431).
         """
         try:
+            self._received += len(data)
             self._conn.receive_data(data)
             while True:
                 event = self._conn.next_event()
@@ -197,6 +205,15 @@ class ServerHandshake:
                         raise HandshakeError("peer closed the connection during the handshake")
                     return None
                 if isinstance(event, h11.Request):
+                    # h11 bounds only an *incomplete* head: a complete one that arrived in a
+                    # single read, or whose end came in the last read, may be far larger.
+                    head_size = self._received - len(self._conn.trailing_data[0])
+                    if head_size > MAX_HEAD_SIZE:
+                        err = HandshakeError(
+                            f"handshake head of {head_size} bytes is over {MAX_HEAD_SIZE}"
+                        )
+                        err.status = 431
+                        raise err
                     self._request = event
                     continue
                 if isinstance(event, h11.EndOfMessage) and self._request is not None:

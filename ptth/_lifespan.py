@@ -32,6 +32,9 @@ class Lifespan:
         self._app_done = trio.Event()
         self._received = False
         self._error: Exception | None = None
+        # The app's lifespan task must outlive a cancellation of ``serve`` long enough to hear
+        # lifespan.shutdown, so it runs shielded and only ``close()`` cancels it.
+        self._app_scope = trio.CancelScope(shield=True)
 
     async def _receive(self) -> Message:
         self._received = True
@@ -44,7 +47,8 @@ class Lifespan:
             "state": self.state,
         }
         try:
-            await self.app(scope, self._receive, self._from_app_send.send)
+            with self._app_scope:
+                await self.app(scope, self._receive, self._from_app_send.send)
         except Exception as exc:
             if self._received:
                 self._error = exc  # it took the startup message, then crashed: a real failure
@@ -94,3 +98,8 @@ class Lifespan:
     async def shutdown(self) -> None:
         if self.supported and not self._app_done.is_set():
             await self._exchange("lifespan.shutdown")
+
+    def close(self) -> None:
+        """Cancel the app's lifespan task (after shutdown, or when startup never finished)."""
+        self._app_scope.shield = False
+        self._app_scope.cancel()

@@ -59,7 +59,8 @@ class TunnelStream:
         self._wake()
 
     def _on_data(self, data: bytes, flow_controlled_length: int) -> None:
-        if self._discarded:
+        if self._discarded or not data:
+            # Padding-only or empty frames carry nothing to hand out (and b"" means "end").
             self.tunnel._acknowledge(self.stream_id, flow_controlled_length)
             return
         self._chunks.append((data, flow_controlled_length))

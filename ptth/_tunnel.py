@@ -18,6 +18,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from ._budget import FrameBudget
+from ._frame_guard import FrameGuard
 from ._h2 import GRACEFUL_LAST_STREAM, H2Settings, make_connection
 from ._stream import Headers, TunnelStream
 from .errors import StreamReset, TunnelClosed, TunnelError
@@ -78,6 +79,9 @@ class TunnelConnection:
         self._streams_changed = trio.Event()
         self._last_received = trio.current_time()
         self._budget = FrameBudget()
+        self._guard = FrameGuard(
+            max_frame_size=self.settings.max_frame_size, server_side=not client_side
+        )
         self._handler_nursery: trio.Nursery | None = None
         self._reader_scope = trio.CancelScope()
         self.streams_opened = 0
@@ -123,12 +127,15 @@ class TunnelConnection:
         try:
             async with trio.open_nursery() as nursery:
                 self._handler_nursery = nursery
-                await self._flush()
-                if self._initial_data:
-                    await self._receive(self._initial_data)
-                nursery.start_soon(self._keepalive)
-                task_status.started()
                 with self._reader_scope:
+                    try:
+                        await self._flush()
+                        if self._initial_data:
+                            await self._receive(self._initial_data)
+                    except TunnelClosed:
+                        pass  # reported through `closed`, like any later failure
+                    nursery.start_soon(self._keepalive)
+                    task_status.started()
                     await self._read_loop()
                 nursery.cancel_scope.cancel()
         finally:
@@ -150,6 +157,11 @@ class TunnelConnection:
 
     async def _receive(self, data: bytes | bytearray) -> None:
         self._last_received = trio.current_time()
+        problem = self._guard.check(bytes(data))
+        if problem is not None:
+            log.warning("tunnel %s: %s; closing", self.tunnel_id, problem)
+            await self._fail(ErrorCodes.PROTOCOL_ERROR, problem)
+            return
         try:
             events = self._conn.receive_data(bytes(data))
         except h2.exceptions.ProtocolError as exc:
@@ -385,8 +397,16 @@ class TunnelConnection:
                 pass
 
     async def _acknowledge_and_flush(self, stream_id: int, length: int) -> None:
+        # Data that already arrived stays valid after the tunnel closes (a drained backend
+        # closes right after its last END_STREAM): returning the window is then pointless, and
+        # an unfinished stream reports the loss on its next wait instead.
+        if self._closed is not None:
+            return
         self._acknowledge(stream_id, length)
-        await self._flush()
+        try:
+            await self._flush()
+        except TunnelClosed:
+            pass
 
     # -- writing and closing -----------------------------------------------------------------
 

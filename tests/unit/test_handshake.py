@@ -1,0 +1,164 @@
+"""The ReverseHTTP upgrade, both sides, with no I/O (DESIGN.md: the tunnel handshake)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ptth._handshake import (
+    MAX_HEAD_SIZE,
+    ClientHandshake,
+    Registration,
+    ServerHandshake,
+)
+from ptth.errors import HandshakeError, HandshakeRefused
+
+
+def _exchange(registration: Registration) -> tuple[Registration, ServerHandshake, ClientHandshake]:
+    client = ClientHandshake(registration, "router.example:8887")
+    server = ServerHandshake()
+    received = server.receive(client.request_bytes())
+    assert received is not None
+    return received, server, client
+
+
+def test_round_trip_carries_every_field() -> None:
+    sent = Registration(
+        service="api",
+        hosts=("api.example.com", "*.api.example.com"),
+        path_prefix="/api",
+        weight=2.5,
+        instance="host-1-abc",
+        token="s3cret",
+    )
+    received, server, client = _exchange(sent)
+    assert received == sent
+    accepted = client.receive(server.accept("t1", received.hosts) + b"PRI * HTTP/2.0\r\n")
+    assert accepted is not None
+    assert accepted.tunnel_id == "t1"
+    assert accepted.hosts == sent.hosts
+    assert accepted.trailing == b"PRI * HTTP/2.0\r\n"  # h2 bytes after the 101 are kept
+
+
+def test_request_is_the_documented_upgrade() -> None:
+    data = ClientHandshake(Registration(service="api"), "r:1").request_bytes()
+    head = data.decode()
+    assert head.startswith("POST /.well-known/ptth HTTP/1.1\r\n")
+    for line in ("Connection: Upgrade", "Upgrade: reverse", "ALPN: h2", "Ptth-Service: api"):
+        assert line in head
+
+
+def test_accept_is_101_with_selected_alpn() -> None:
+    _, server, _ = _exchange(Registration())
+    response = server.accept("abc", ()).decode()
+    assert response.startswith("HTTP/1.1 101 ")
+    assert "Upgrade: reverse" in response and "Selected-ALPN: h2" in response
+    assert "Ptth-Tunnel-Id: abc" in response
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 409, 426, 503])
+def test_refusals_raise_with_status_reason_and_retryability(status: int) -> None:
+    _, server, client = _exchange(Registration())
+    with pytest.raises(HandshakeRefused) as info:
+        client.receive(server.refuse(status, "because reasons"))
+    assert info.value.status == status
+    assert info.value.reason == "because reasons"
+    assert info.value.retryable == (status not in (400, 401, 403, 409))
+
+
+def test_refusal_arriving_in_one_piece_with_eof() -> None:
+    _, server, client = _exchange(Registration())
+    data = server.refuse(401, "missing token")
+    assert "WWW-Authenticate: Bearer" in data.decode()
+    with pytest.raises(HandshakeRefused):
+        client.receive(data)
+        client.receive(b"")
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 426),
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
+        (
+            b"GET /.well-known/ptth HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: reverse\r\nALPN: h2\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /.well-known/ptth HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: reverse\r\nALPN: http/1.1\r\nContent-Length: 0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /.well-known/ptth HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: reverse\r\nALPN: h2\r\nPtth-Service: bad name!\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /.well-known/ptth HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: reverse\r\nALPN: h2\r\nPtth-Weight: lots\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /.well-known/ptth HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: reverse\r\nALPN: h2\r\nAuthorization: Basic Zm9v\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD_SIZE + 10), 431),
+    ],
+)
+def test_malformed_requests_map_to_statuses(raw: bytes, status: int) -> None:
+    server = ServerHandshake()
+    with pytest.raises(HandshakeError) as info:
+        server.receive(raw)
+    assert info.value.status == status
+    answer = server.refuse(info.value.status, str(info.value))
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode())
+
+
+def test_peer_closing_early_is_a_handshake_error() -> None:
+    server = ServerHandshake()
+    assert server.receive(b"POST /.well-known/ptth HTTP/1.1\r\n") is None
+    with pytest.raises(HandshakeError):
+        server.receive(b"")
+
+
+def test_client_rejects_a_101_without_h2() -> None:
+    _, _, client = _exchange(Registration())
+    bogus = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: reverse\r\n\r\n"
+    with pytest.raises(HandshakeError):
+        client.receive(bogus)
+
+
+def test_invalid_registration_is_refused_before_sending() -> None:
+    with pytest.raises(HandshakeError):
+        ClientHandshake(Registration(hosts=("bad host",)), "r:1")
+    with pytest.raises(HandshakeError):
+        ClientHandshake(Registration(weight=0), "r:1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_server_never_raises_anything_but_handshake_error(data: bytes) -> None:
+    server = ServerHandshake()
+    try:
+        server.receive(data)
+        server.receive(b"")
+    except HandshakeError as exc:
+        assert exc.status in (400, 426, 431)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_client_never_raises_anything_but_handshake_error(data: bytes) -> None:
+    _, _, client = _exchange(Registration())
+    try:
+        client.receive(data)
+        client.receive(b"")
+    except HandshakeError:
+        pass
