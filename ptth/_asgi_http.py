@@ -74,6 +74,17 @@ def build_scope(
     return scope
 
 
+class ContentLengthMismatch(RuntimeError):
+    """The app's body disagrees with the Content-Length it declared."""
+
+
+def _declared_length(headers: Headers) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
 class _Responder:
     """The ``send`` side: turns ASGI messages into HEADERS/DATA/trailers on the stream."""
 
@@ -86,6 +97,7 @@ class _Responder:
         self.headers_sent = False
         self.complete = False
         self.gone = False  # the router reset the stream: further sends are dropped
+        self.remaining: int | None = None  # body bytes still owed under Content-Length
 
     async def send(self, message: Message) -> None:
         if self.gone or self.complete:
@@ -103,6 +115,7 @@ class _Responder:
             self.status = int(message["status"])
             self.headers = strip_hop_by_hop(message.get("headers", []))
             self.trailers = bool(message.get("trailers", False))
+            self.remaining = _declared_length(self.headers)
         elif kind == "http.response.body":
             if self.status is None:
                 raise RuntimeError("http.response.body before http.response.start")
@@ -116,6 +129,14 @@ class _Responder:
                     return
             if self.head_only:
                 body = b""
+            elif self.remaining is not None:
+                # h2 treats a Content-Length mismatch as a connection error (RFC 9113 §8.1.1),
+                # which would take down every stream on the tunnel: fail just this one.
+                self.remaining -= len(body)
+                if self.remaining < 0 or (end and self.remaining > 0):
+                    raise ContentLengthMismatch(
+                        f"response body does not match its content-length ({self.remaining:+d})"
+                    )
             if body or end:
                 await self.stream.send_data(body, end_stream=end)
             if end:
@@ -126,7 +147,13 @@ class _Responder:
             if not self.headers_sent:
                 await self._send_headers(end_stream=False)
             if not message.get("more_trailers", False):
-                await self.stream.send_trailers(clean_trailers(message.get("headers", [])))
+                trailers = clean_trailers(message.get("headers", []))
+                if trailers:
+                    await self.stream.send_trailers(trailers)
+                else:
+                    # An empty section cannot be a HEADERS frame (h2 raises IndexError):
+                    # end the stream with an empty DATA frame, as if there were no trailers.
+                    await self.stream.end()
                 self._completed()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
