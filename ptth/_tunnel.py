@@ -106,6 +106,7 @@ class TunnelConnection:
         return int(self._conn.remote_settings.max_concurrent_streams)
 
     async def wait_remote_settings(self) -> None:
+        """Until the peer's first SETTINGS arrived, or the tunnel closed (check ``closed``)."""
         await self._remote_settings_seen.wait()
 
     async def wait_closed(self) -> None:
@@ -173,6 +174,8 @@ class TunnelConnection:
             self._handle(event)
         if self._budget.exceeded is not None:
             log.warning("tunnel %s: %s; closing", self.tunnel_id, self._budget.exceeded)
+            # h2 has already queued an ACK for every PING/SETTINGS of the flood: send none.
+            self._conn.clear_outbound_data_buffer()
             await self._fail(ErrorCodes.ENHANCE_YOUR_CALM, self._budget.exceeded)
             return
         try:
@@ -478,6 +481,7 @@ class TunnelConnection:
         self._streams_changed.set()
         self._wake_senders()
         self._closed_event.set()
+        self._remote_settings_seen.set()  # a tunnel that closes before its SETTINGS wakes waiters
         self._reader_scope.cancel()  # the reader may be blocked in receive_some
 
     def statistics(self) -> dict[str, float]:
