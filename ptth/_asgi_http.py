@@ -94,6 +94,7 @@ class _Responder:
         self.status: int | None = None
         self.headers: Headers = []
         self.trailers = False
+        self.trailer_fields: Headers = []  # gathered across more_trailers messages
         self.headers_sent = False
         self.complete = False
         self.gone = False  # the router reset the stream: further sends are dropped
@@ -146,8 +147,9 @@ class _Responder:
                 raise RuntimeError("trailers sent without 'trailers': True in response start")
             if not self.headers_sent:
                 await self._send_headers(end_stream=False)
+            self.trailer_fields.extend(message.get("headers", []))
             if not message.get("more_trailers", False):
-                trailers = clean_trailers(message.get("headers", []))
+                trailers = clean_trailers(self.trailer_fields)
                 if trailers:
                     await self.stream.send_trailers(trailers)
                 else:

@@ -32,8 +32,8 @@ import hypercorn.protocol
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from h2.stream import StreamState
+from hypercorn.protocol.events import EndBody, StreamClosed, Trailers
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 
@@ -47,6 +47,12 @@ class AbortingH2Protocol(H2Protocol):
     """``H2Protocol`` that sends RST_STREAM(INTERNAL_ERROR) for a response the app abandoned."""
 
     async def stream_send(self, event: StreamEvent) -> None:
+        if isinstance(event, Trailers) and not event.headers:
+            # The router announces trailers (``"trailers": True``) before it knows whether the
+            # backend sends any, so the trailer section may be empty. An empty block cannot be
+            # a HEADERS frame (h2 raises IndexError and the user sees a reset stream): end the
+            # stream with an empty DATA frame instead, as a response without trailers does.
+            event = EndBody(stream_id=event.stream_id)
         if isinstance(event, StreamClosed) and self._abandoned(event.stream_id):
             await self._abort_stream(event.stream_id)
         await super().stream_send(event)
