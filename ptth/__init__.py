@@ -3,16 +3,19 @@
     import ptth
     ptth.run(app, "router.example.com:8887", service="api")
 
-See ``ptth.serve`` (async, trio) and ``python -m ptth module:app --router HOST:PORT``.
+See ``ptth.serve`` (async, trio) and ``python -m ptth module:app --router HOST:PORT``. Agent mode
+forwards to a local server in any language instead: ``ptth.serve_upstream("h2c://127.0.0.1:50051",
+...)`` or ``python -m ptth --to http://127.0.0.1:3000 --router HOST:PORT``.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
+from ._agent import serve_upstream
 from ._backend import BackendOptions, serve
 from ._groups import unwrap
 from ._tunnel import Liveness
@@ -41,6 +44,7 @@ __all__ = [
     "TunnelError",
     "run",
     "serve",
+    "serve_upstream",
 ]
 
 __version__ = "0.1.0"
@@ -61,23 +65,32 @@ def run(
 ) -> None:
     """Blocking ``serve``: SIGINT/SIGTERM start a graceful drain, then it returns."""
 
+    async def serve_app() -> None:
+        await serve(
+            app,
+            router_addr,
+            service=service,
+            hosts=hosts,
+            path_prefix=path_prefix,
+            token=token,
+            connections=connections,
+            max_concurrent_streams=max_concurrent_streams,
+            weight=weight,
+            options=options,
+        )
+
+    _run_until_signal(serve_app)
+
+
+def _run_until_signal(serve_fn: Callable[[], Awaitable[None]]) -> None:
+    """Run ``serve_fn`` under trio; SIGINT/SIGTERM cancel it (it drains), then this returns."""
+
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def serve_then_stop() -> None:
-                    await serve(
-                        app,
-                        router_addr,
-                        service=service,
-                        hosts=hosts,
-                        path_prefix=path_prefix,
-                        token=token,
-                        connections=connections,
-                        max_concurrent_streams=max_concurrent_streams,
-                        weight=weight,
-                        options=options,
-                    )
+                    await serve_fn()
                     nursery.cancel_scope.cancel()
 
                 serve_scope = trio.CancelScope()

@@ -1,4 +1,7 @@
-"""``python -m ptth module:app --router HOST:PORT``: serve an ASGI app through a tunnel."""
+"""``python -m ptth module:app --router HOST:PORT``: serve an ASGI app through a tunnel.
+
+``python -m ptth --to URL --router HOST:PORT`` (agent mode) forwards to a running local server.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import cast
 
-from . import BackendOptions, run
+from . import BackendOptions, _run_until_signal, run, serve_upstream
 from ._types import ASGIApp
+from ._upstream_url import parse_upstream_url
 from .errors import ConfigError, PTTHError
 
 
@@ -39,9 +43,23 @@ def load_app(spec: str) -> ASGIApp:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ptth",
-        description="Serve an ASGI app through ReverseHTTP tunnels dialled out to a ptth router.",
+        description="Serve an ASGI app through ReverseHTTP tunnels dialled out to a ptth router, "
+        "or (agent mode, --to) forward them to a local server written in any language.",
     )
-    p.add_argument("app", help="the ASGI app, as MODULE:ATTRIBUTE (e.g. examples.backend:app)")
+    p.add_argument(
+        "app",
+        nargs="?",
+        default=None,
+        help="the ASGI app, as MODULE:ATTRIBUTE (e.g. examples.backend:app); omit with --to",
+    )
+    p.add_argument(
+        "--to",
+        metavar="URL",
+        default=None,
+        help="agent mode: forward every request to the server at URL instead of an app: "
+        "http://HOST:PORT (HTTP/1.1, WebSockets by Upgrade) or h2c://HOST:PORT "
+        "(HTTP/2 prior knowledge, e.g. gRPC)",
+    )
     p.add_argument(
         "--router",
         action="append",
@@ -108,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.strip() for a in os.environ.get("PTTH_ROUTER", "127.0.0.1:8887").split(",") if a.strip()
     ]
     try:
-        app = load_app(args.app)
+        if (args.app is None) == (args.to is None):
+            raise ConfigError("give exactly one of an app (MODULE:ATTRIBUTE) or --to URL")
         fields = dict(
             service=args.service,
             hosts=tuple(args.hosts),
@@ -122,7 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.instance:
             fields["instance"] = args.instance
         options = BackendOptions(**fields)
-        run(app, routers, options=options)
+        if args.to is not None:
+            url = str(parse_upstream_url(args.to))  # a bad URL fails before any dialling
+
+            async def agent() -> None:
+                await serve_upstream(url, routers, options=options)
+
+            _run_until_signal(agent)
+        else:
+            run(load_app(args.app), routers, options=options)
     except PTTHError as exc:
         print(f"ptth: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import trio
 
 from ._address import parse_address
 from ._asgi_http import serve_http
+from ._asgi_ws import serve_websocket
 from ._backoff import Backoff
 from ._groups import unwrap
 from ._h2 import H2Settings
@@ -180,7 +181,16 @@ class _Backend:
             )
             await stream.send_data(body, end_stream=True)
             return
-        await serve_http(self.app, stream, head, root_path=self.options.root_path)
+        if head.protocol == "websocket":  # RFC 8441 extended CONNECT
+            await serve_websocket(self.app, stream, head, root_path=self.options.root_path)
+        elif head.protocol is not None:
+            body = f"extended CONNECT protocol {head.protocol!r} is not supported\n".encode()
+            await stream.send_headers(
+                [(b":status", b"501"), (b"content-length", str(len(body)).encode())]
+            )
+            await stream.send_data(body, end_stream=True)
+        else:
+            await serve_http(self.app, stream, head, root_path=self.options.root_path)
 
     async def drain(self) -> None:
         """GOAWAY on every tunnel and wait (bounded) until they are idle."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ptth._types import Receive, Scope, Send
 
 from .proxy_http import ProxyContext, forward
+from .proxy_ws import forward_websocket
 
 __all__ = ["RouterApp"]
 
@@ -20,8 +21,7 @@ class RouterApp:
         if kind == "http":
             await forward(self.context, scope, receive, send)
         elif kind == "websocket":
-            # WebSocket proxying is not built yet: refuse the handshake (HTTP 403) explicitly.
-            await send({"type": "websocket.close", "code": 1008})
+            await forward_websocket(self.context, scope, receive, send)
         elif kind == "lifespan":
             # hypercorn's serve fails at start-up if lifespan is silently ignored.
             while True:

@@ -326,6 +326,9 @@ async def _relay_response(
     wants_trailers = "http.response.trailers" in scope.get("extensions", {}) and any(
         n == b"te" and b"trailers" in v for n, v in scope["headers"]
     )
+    late: list[tuple[bytes, bytes]] = []
+    if wants_trailers and _grpc_trailers_only(stream, fields):
+        fields, late = _split_trailers_only(fields)
     await send(
         {
             "type": "http.response.start",
@@ -347,5 +350,29 @@ async def _relay_response(
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     if wants_trailers:
-        trailers = clean_trailers(stream.trailers or [])
+        trailers = clean_trailers(stream.trailers or late)
         await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
+
+
+def _grpc_trailers_only(stream: TunnelStream, fields: list[tuple[bytes, bytes]]) -> bool:
+    """A gRPC "Trailers-Only" response: one HEADERS frame that also ended the stream."""
+    ended = stream.received_end and stream.buffered == 0 and stream.trailers is None
+    return ended and any(
+        n == b"content-type" and v.startswith(b"application/grpc") for n, v in fields
+    )
+
+
+def _split_trailers_only(
+    fields: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """Headers (content-type) and trailers (the rest) for a gRPC Trailers-Only response.
+
+    gRPC (PROTOCOL-HTTP2.md) lets an error be a single HEADERS frame with END_STREAM carrying
+    grpc-status. ASGI cannot end a response on its header block (hypercorn always follows it with
+    a DATA frame), and a gRPC client that sees the stream end on DATA with no trailers reports
+    UNKNOWN. The same fields sent as headers plus trailers mean the same thing to gRPC: custom
+    metadata of a Trailers-Only response is trailing metadata.
+    """
+    head = [(n, v) for n, v in fields if n == b"content-type"]
+    rest = [(n, v) for n, v in fields if n not in (b"content-type", b"content-length")]
+    return head, rest

@@ -10,8 +10,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from ptth._address import format_address, parse_address
+from ptth._ws_frames import MAX_MESSAGE_SIZE
 
-from . import _hypercorn_patches
+from . import _hypercorn_patches, _hypercorn_ws
 from .app import RouterApp
 from .config import RouterConfig
 from .proxy_http import ProxyContext
@@ -71,12 +72,14 @@ class Router:
         cfg.keep_alive_timeout = self.config.read_timeout
         cfg.h2_max_concurrent_streams = 100
         cfg.keep_alive_max_requests = 1000
+        cfg.websocket_max_message_size = MAX_MESSAGE_SIZE  # the limit inside the tunnel too
         return cfg
 
     async def serve(
         self, *, task_status: trio.TaskStatus[RouterAddresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
         _hypercorn_patches.install()
+        _hypercorn_ws.install()
         tunnel_host, tunnel_port = parse_address(self.config.tunnel, allow_port_zero=True)
         listeners = await trio.open_tcp_listeners(tunnel_port, host=tunnel_host)
         tunnel_bound = listeners[0].socket.getsockname()

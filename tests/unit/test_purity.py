@@ -15,6 +15,8 @@ PURE = [
     "ptth/_budget.py",
     "ptth/_address.py",
     "ptth/_frame_guard.py",
+    "ptth/_upstream_url.py",
+    "ptth/_ws_frames.py",
     "ptth/errors.py",
     "router/routing.py",
     "router/balancer.py",

@@ -1,0 +1,435 @@
+"""Forward one ASGI ``websocket`` session onto a tunnel stream (RFC 8441 extended CONNECT).
+
+hypercorn hands the router a ``websocket`` scope for an HTTP/1.1 Upgrade and for an h2 extended
+CONNECT alike. The session is routed and balanced like a request, then opened in the tunnel as
+``CONNECT`` with ``:protocol websocket``. The backend's answer decides the handshake: 2xx accepts
+the user's WebSocket, any other status is relayed as the denial (``websocket.http.response``).
+
+Then two tasks pump messages, and each reads its side only after the other side took the
+previous message: tunnel DATA is acknowledged when the user's connection accepted the message
+built from it, so a user who stops reading stops the backend through HTTP/2 flow control and the
+router's memory stays bounded by one stream window plus one message. Inside the tunnel the router
+is the WebSocket client and masks its frames (RFC 6455 §5.3). Failures before the accept map to
+statuses as for plain requests (404, 502, 503, 504); a tunnel lost after it closes the user's
+WebSocket with 1011, never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+from h2.errors import ErrorCodes
+
+from ptth._asgi_ws import CLOSE_TIMEOUT
+from ptth._groups import unwrap
+from ptth._headers import Headers, from_tunnel_response, to_tunnel_request
+from ptth._stream import TunnelStream
+from ptth._types import Message, Receive, Scope, Send
+from ptth._ws_frames import ABNORMAL_CLOSURE, INTERNAL_ERROR, FrameCodec, WSMessage
+from ptth.errors import (
+    BadGateway,
+    HeaderError,
+    NoRoute,
+    ProxyError,
+    PTTHError,
+    ResponseTimeout,
+    StreamReset,
+    TunnelError,
+)
+
+from .config import RouterConfig
+from .proxy_http import ClientGone, ProxyContext
+from .registry import RouterTunnel
+
+__all__ = ["forward_websocket"]
+
+log = logging.getLogger("router.access")
+
+MAX_ATTEMPTS = 3
+# Handshake fields of the user's hop only: the key and its accept are per connection (RFC 6455
+# §4.2.2) and extensions such as permessage-deflate were negotiated with the user, not inside.
+_USER_HOP_ONLY = frozenset(
+    {b"sec-websocket-key", b"sec-websocket-accept", b"sec-websocket-extensions"}
+)
+
+
+@dataclass
+class _Outcome:
+    status: int = 0
+    sent: int = 0  # message bytes relayed to the user
+    received: int = 0  # message bytes relayed to the backend
+    close_code: int | None = None
+    tunnel_id: str = "-"
+
+
+class _User:
+    """The user's side of the session, as hypercorn's ``receive``/``send`` pair."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.can_respond = "websocket.http.response" in scope.get("extensions", {})
+        self.responded = False  # a denial or close went out: the handshake is answered
+        self.closed = False  # we sent websocket.close: nothing may follow
+        self.gone = False  # the user's disconnect arrived
+
+    async def connect(self) -> None:
+        message = await self.receive()
+        if message["type"] != "websocket.connect":
+            raise ClientGone()
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self.gone = True
+        return message
+
+    async def accept(self, subprotocol: str | None, headers: Headers) -> None:
+        self.responded = True
+        await self._send(
+            {"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers}
+        )
+
+    async def send_message(self, data: str | bytes) -> None:
+        if self.closed or self.gone:
+            return  # hypercorn refuses sends after a close; the user would not see them anyway
+        if isinstance(data, str):
+            await self._send({"type": "websocket.send", "text": data})
+        else:
+            await self._send({"type": "websocket.send", "bytes": data})
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.closed or self.gone:
+            return
+        self.closed = self.responded = True
+        await self._send({"type": "websocket.close", "code": code, "reason": reason or None})
+
+    async def deny_start(self, status: int, headers: Headers) -> None:
+        """Start a denial response; without the ASGI extension hypercorn can only send 403."""
+        if self.responded:
+            return
+        if not self.can_respond:
+            await self.close(1008)
+            return
+        self.responded = True
+        await self._send(
+            {"type": "websocket.http.response.start", "status": status, "headers": headers}
+        )
+
+    async def deny_body(self, body: bytes, *, more: bool) -> None:
+        if self.can_respond and not self.closed:
+            await self._send(
+                {"type": "websocket.http.response.body", "body": body, "more_body": more}
+            )
+
+    async def deny_error(self, error: ProxyError) -> None:
+        body = f"{error}\n".encode()
+        headers: Headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if error.retry_after is not None:
+            headers.append((b"retry-after", str(error.retry_after).encode()))
+        if self.responded:
+            return
+        await self.deny_start(error.status, headers)
+        await self.deny_body(body, more=False)
+
+
+async def forward_websocket(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
+    """Proxy one WebSocket session; failures before the accept become denial statuses."""
+    started = time.monotonic()
+    outcome = _Outcome()
+    user = _User(scope, receive, send)
+    host = ""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.decode("latin-1")
+            break
+    path = scope.get("raw_path") or scope["path"].encode()
+    if scope.get("query_string"):
+        path = path + b"?" + scope["query_string"]
+    try:
+        await user.connect()
+        await _forward(ctx, user, host, path, outcome)
+    except ClientGone:
+        outcome.status = outcome.status or 499
+    except ProxyError as error:
+        if not user.responded:
+            outcome.status = error.status
+        await user.deny_error(error)
+    finally:
+        if ctx.config.access_log:
+            client = scope.get("client")
+            log.info(
+                "%s WEBSOCKET %s %s %d %d/%d close=%s %.1fms tunnel=%s",
+                client[0] if client else "-",
+                host or "-",
+                path.decode("latin-1"),
+                outcome.status,
+                outcome.received,
+                outcome.sent,
+                outcome.close_code if outcome.close_code is not None else "-",
+                (time.monotonic() - started) * 1000,
+                outcome.tunnel_id,
+            )
+
+
+def _bad_request(message: str) -> ProxyError:
+    error = ProxyError(message)
+    error.status = 400
+    return error
+
+
+def _tunnel_request(ctx: ProxyContext, scope: Scope, path: bytes) -> Headers:
+    """The extended CONNECT block (RFC 8441 §4): the user's fields minus their hop's handshake."""
+    fields = [(n, v) for n, v in scope["headers"] if n.lower() not in _USER_HOP_ONLY]
+    if not any(n.lower() == b"sec-websocket-version" for n, _ in fields):
+        fields.append((b"sec-websocket-version", b"13"))  # RFC 8441 §5 keeps the version field
+    client = scope.get("client")
+    client_addr = client[0] if client else None
+    try:
+        return to_tunnel_request(
+            method=b"CONNECT",
+            path=path,
+            # RFC 8441 §5: :scheme is that of the target URI, http or https.
+            scheme=b"https" if scope.get("scheme") in ("wss", "https") else b"http",
+            headers=fields,
+            client_addr=client_addr,
+            trusted_proxy=client_addr in ctx.trusted_proxies,
+            protocol=b"websocket",
+        )
+    except HeaderError as exc:
+        raise _bad_request(str(exc)) from None
+
+
+async def _forward(
+    ctx: ProxyContext, user: _User, host: str, path: bytes, outcome: _Outcome
+) -> None:
+    try:
+        service = ctx.registry.match(host, path.decode("latin-1"))
+    except HeaderError as exc:
+        raise _bad_request(str(exc)) from None
+    if service is None:
+        raise NoRoute(f"no service for host {host or '(none)'}")
+    headers = _tunnel_request(ctx, user.scope, path)
+    tried: set[str] = set()
+    for attempt in range(MAX_ATTEMPTS):
+        tunnel = await ctx.registry.acquire(service, exclude=tried)
+        outcome.tunnel_id = tunnel.tunnel_id
+        try:
+            await _session(ctx.config, tunnel, headers, user, outcome)
+            return
+        except StreamReset as exc:
+            # Nothing is sent on the stream before the backend answers, so a refused stream
+            # (RFC 9113 §8.7) is always safe to open again elsewhere.
+            if not exc.refused or attempt == MAX_ATTEMPTS - 1:
+                raise BadGateway(f"backend reset the stream (code {exc.error_code})") from None
+            tried.add(tunnel.tunnel_id)
+            log.info("tunnel %s refused the WebSocket; retrying elsewhere", tunnel.tunnel_id)
+        finally:
+            ctx.registry.release(tunnel)
+
+
+async def _session(
+    cfg: RouterConfig, tunnel: RouterTunnel, headers: Headers, user: _User, outcome: _Outcome
+) -> None:
+    try:
+        stream = await tunnel.connection.open_stream(headers)
+    except TunnelError as exc:
+        raise StreamReset(ErrorCodes.REFUSED_STREAM, refused=True) from exc
+    try:
+        try:
+            await _converse(cfg, stream, user, outcome)
+        except BaseExceptionGroup as group:
+            raise unwrap(group, PTTHError) from None
+    except StreamReset:
+        raise
+    except TunnelError as exc:
+        raise BadGateway(f"tunnel lost before the WebSocket was accepted: {exc}") from exc
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def _converse(
+    cfg: RouterConfig, stream: TunnelStream, user: _User, outcome: _Outcome
+) -> None:
+    response = await _wait_response(cfg, stream, user)
+    try:
+        status, fields = from_tunnel_response(response)
+    except HeaderError as exc:
+        raise BadGateway(f"backend sent an invalid response: {exc}") from None
+    if not 200 <= status < 300:
+        outcome.status = status
+        await _relay_denial(cfg, stream, status, fields, user, outcome)
+        return
+    subprotocol, extra = _accept_fields(fields, user.scope)
+    await user.accept(subprotocol, extra)
+    outcome.status = 101
+    await _Pump(stream, user, outcome).run()
+
+
+async def _wait_response(cfg: RouterConfig, stream: TunnelStream, user: _User) -> Headers:
+    """The backend's response headers; the user leaving meanwhile abandons the stream."""
+    response: Headers | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def watch_user() -> None:
+            while not user.gone:
+                await user.receive()  # before the accept only a disconnect can arrive
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_user)
+        with trio.move_on_after(cfg.response_timeout):
+            response = await stream.receive_headers()
+        nursery.cancel_scope.cancel()
+    if user.gone:
+        raise ClientGone()
+    if response is None:
+        raise ResponseTimeout(f"no response headers within {cfg.response_timeout:g} s")
+    return response
+
+
+def _accept_fields(fields: Headers, scope: Scope) -> tuple[str | None, Headers]:
+    """The subprotocol the backend chose (RFC 6455 §4.2.2) and the fields to pass on."""
+    subprotocol: str | None = None
+    extra: Headers = []
+    for name, value in fields:
+        if name == b"sec-websocket-protocol":
+            subprotocol = value.decode("latin-1").strip()
+        elif not name.startswith(b"sec-websocket-") and name != b"content-length":
+            extra.append((name, value))
+    if subprotocol is not None and subprotocol not in scope.get("subprotocols", []):
+        raise BadGateway(f"backend chose subprotocol {subprotocol!r}, which the user did not offer")
+    return subprotocol, extra
+
+
+async def _relay_denial(
+    cfg: RouterConfig,
+    stream: TunnelStream,
+    status: int,
+    fields: Headers,
+    user: _User,
+    outcome: _Outcome,
+) -> None:
+    await user.deny_start(status, fields)
+    idle = cfg.response_idle_timeout
+    while True:
+        with trio.move_on_after(idle) as waiting:
+            chunk = await stream.receive_data()
+        if waiting.cancelled_caught:
+            raise BadGateway(f"response body idle for {idle:g} s")
+        if not chunk:
+            break
+        outcome.sent += len(chunk)
+        await user.deny_body(chunk, more=True)
+    await user.deny_body(b"", more=False)
+
+
+class _Pump:
+    """Both directions of an accepted session, each ending with its half of the close."""
+
+    def __init__(self, stream: TunnelStream, user: _User, outcome: _Outcome) -> None:
+        self.stream = stream
+        self.user = user
+        self.outcome = outcome
+        self.codec = FrameCodec(client=True)
+        self._write_lock = trio.Lock()  # frames of two tasks must never interleave in the stream
+        self._scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._from_user)
+                nursery.start_soon(self._from_backend)
+
+    def _closing(self) -> None:
+        """One side's close is done: the other gets CLOSE_TIMEOUT to complete (§7.1.1)."""
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
+
+    async def _write(self, data: bytes, *, end: bool = False) -> None:
+        async with self._write_lock:
+            if data:
+                await self.stream.send_data(data, end_stream=end)
+            elif end:
+                await self.stream.end()  # a no-op when our close already ended the stream
+
+    async def _from_user(self) -> None:
+        codec = self.codec
+        try:
+            while True:
+                message = await self.user.receive()
+                if message["type"] == "websocket.receive":
+                    raw = message.get("bytes")
+                    payload: str | bytes = bytes(raw) if raw is not None else message["text"]
+                    self.outcome.received += len(payload)
+                    async with self._write_lock:
+                        frame = codec.send_message(payload)
+                        if frame:
+                            await self.stream.send_data(frame)
+                elif message["type"] == "websocket.disconnect":
+                    await self._user_left(message)
+                    return
+        except TunnelError:
+            return  # the backend side reports the stream's failure to the user
+
+    async def _user_left(self, message: Message) -> None:
+        code = int(message.get("code") or 1005)
+        if self.codec.close_sent:
+            return  # the backend closed first and was answered: the user just completed it
+        if self.outcome.close_code is None:
+            self.outcome.close_code = code
+        if code == ABNORMAL_CLOSURE:
+            # The user vanished without a close frame: the backend sees a reset, which its
+            # adapter reports as 1006 too.
+            await self.stream.reset(ErrorCodes.CANCEL)
+            self._scope.cancel()
+            return
+        self._closing()
+        async with self._write_lock:
+            frame = self.codec.send_close(code, str(message.get("reason") or ""))
+            await self.stream.send_data(frame, end_stream=True)
+
+    async def _from_backend(self) -> None:
+        codec = self.codec
+        try:
+            while True:
+                data = await self.stream.receive_data()
+                if not data:
+                    if codec.closed is None:
+                        await self._lost("the backend ended the WebSocket without a close frame")
+                    return
+                for event in codec.feed(data):
+                    if isinstance(event, WSMessage):
+                        self.outcome.sent += len(event.data)
+                        await self.user.send_message(event.data)
+                    else:
+                        # The deadline first: the user or the lock may make us wait below.
+                        self._closing()
+                        if self.outcome.close_code is None:
+                            self.outcome.close_code = event.code
+                        await self.user.close(event.code, event.reason)
+                        # Our answer (or our own close after a protocol error) ends the stream.
+                        await self._write(codec.data_to_send(), end=True)
+                        if event.by_peer:
+                            return
+                        # We closed for the backend's error: read on until it answers and ends
+                        # its side, so it learns the code instead of seeing a reset.
+                pongs = codec.data_to_send()
+                if pongs:
+                    await self._write(pongs)
+        except TunnelError as exc:
+            await self._lost(f"tunnel lost: {exc}")
+
+    async def _lost(self, why: str) -> None:
+        """RFC 6455 §7.4.1: 1011, the server hit a condition it could not handle."""
+        log.info("websocket %s: %s", self.stream.stream_id, why)
+        if self.outcome.close_code is None:
+            self.outcome.close_code = INTERNAL_ERROR
+        await self.user.close(INTERNAL_ERROR, "backend connection lost")
+        self._scope.cancel()
