@@ -8,6 +8,7 @@ when the user's connection took it. Failures map to statuses once, in :func:`for
 from __future__ import annotations
 
 import logging
+from email.utils import formatdate
 import time
 from dataclasses import dataclass, field
 
@@ -98,6 +99,7 @@ def _error_response(error: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], 
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
+        (b"date", formatdate(usegmt=True).encode()),
     ]
     if error.retry_after is not None:
         headers.append((b"retry-after", str(error.retry_after).encode()))
@@ -329,6 +331,8 @@ async def _relay_response(
     late: list[tuple[bytes, bytes]] = []
     if wants_trailers and _grpc_trailers_only(stream, fields):
         fields, late = _split_trailers_only(fields)
+    if not any(name == b"date" for name, _ in fields):
+        fields = [*fields, (b"date", formatdate(usegmt=True).encode())]
     await send(
         {
             "type": "http.response.start",

@@ -72,6 +72,10 @@ class Router:
         cfg.keep_alive_timeout = self.config.read_timeout
         cfg.h2_max_concurrent_streams = 100
         cfg.keep_alive_max_requests = 1000
+        # The backend's Server and Date are the ones users should see; the proxy adds a Date
+        # only when the backend sent none (RFC 9110 §6.6.1), never a second one.
+        cfg.include_server_header = False
+        cfg.include_date_header = False
         cfg.websocket_max_message_size = MAX_MESSAGE_SIZE  # the limit inside the tunnel too
         return cfg
 
