@@ -8,9 +8,9 @@ when the user's connection took it. Failures map to statuses once, in :func:`for
 from __future__ import annotations
 
 import logging
-from email.utils import formatdate
 import time
 from dataclasses import dataclass, field
+from email.utils import formatdate
 
 import trio
 from h2.errors import ErrorCodes
