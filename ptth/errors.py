@@ -17,7 +17,10 @@ Callers branch on attributes (``status``, ``retryable``, ``error_code``), never 
         ├── ResponseTimeout      504
         ├── BadGateway           502
         ├── BodyTooLarge         413
-        └── HeadersTooLarge      431
+        ├── HeadersTooLarge      431
+        ├── RequestTimeout       408 (the request body stalled)
+        ├── RateLimited          429 (+ Retry-After)
+        └── Overloaded           503 (+ Retry-After; shed before queueing)
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ __all__ = [
     "LifespanError",
     "NoRoute",
     "NoTunnel",
+    "Overloaded",
     "PTTHError",
     "ProxyError",
+    "RateLimited",
+    "RequestTimeout",
     "ResponseTimeout",
     "StreamReset",
     "TunnelClosed",
@@ -137,3 +143,20 @@ class BodyTooLarge(ProxyError):
 
 class HeadersTooLarge(ProxyError):
     status = 431
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+
+
+class RateLimited(ProxyError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, round(retry_after + 0.5))
+
+
+class Overloaded(ProxyError):
+    status = 503
+    retry_after = 1

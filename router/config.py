@@ -37,15 +37,28 @@ class RouterConfig:
     max_pending_handshakes: int = 64
     trusted_proxies: tuple[str, ...] = ()
     read_timeout: float = 60.0
+    request_body_timeout: float = 30.0  # silence between request body chunks before 408
+    rate_limit: float = 0.0  # requests per second per client address; 0 = off
+    rate_burst: float = 20.0
+    max_in_flight: int = 10_000  # router-wide; above it new requests get 503 at once
     log_level: str = "INFO"
     access_log: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("response_timeout", "queue_timeout", "ping_interval", "dead_after"):
+        for name in (
+            "response_timeout",
+            "queue_timeout",
+            "ping_interval",
+            "dead_after",
+            "request_body_timeout",
+            "max_in_flight",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.dead_after < self.ping_interval:
             raise ConfigError("dead_after must be at least ping_interval")
+        if self.rate_limit < 0 or self.rate_burst < 1:
+            raise ConfigError("rate_limit must be >= 0 and rate_burst >= 1")
         if self.max_body < 0:
             raise ConfigError("max_body must be >= 0")
 
@@ -69,6 +82,10 @@ _HELP = {
     "max_pending_handshakes": "cap on tunnel connections still in their handshake",
     "trusted_proxies": "comma-separated client IPs whose X-Forwarded-* are kept",
     "read_timeout": "front end: seconds an idle user connection stays open",
+    "request_body_timeout": "seconds a request body may stall between chunks before 408",
+    "rate_limit": "requests per second allowed per client address (0 = no limit); over it: 429",
+    "rate_burst": "requests a client may burst above the rate limit",
+    "max_in_flight": "router-wide cap on requests in flight; above it: 503 without queueing",
     "log_level": "logging level",
     "access_log": "one log line per request (true/false)",
 }

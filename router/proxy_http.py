@@ -24,14 +24,18 @@ from ptth.errors import (
     BodyTooLarge,
     HeaderError,
     NoRoute,
+    Overloaded,
     ProxyError,
     PTTHError,
+    RateLimited,
+    RequestTimeout,
     ResponseTimeout,
     StreamReset,
     TunnelError,
 )
 
 from .config import RouterConfig
+from .ratelimit import RateLimiter
 from .registry import Registry, RouterTunnel
 
 __all__ = ["ProxyContext", "forward"]
@@ -51,14 +55,31 @@ class ProxyContext:
     config: RouterConfig
     registry: Registry
     trusted_proxies: frozenset[str] = field(default_factory=frozenset)
+    in_flight: int = 0
+    limiter: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.limiter is None and self.config.rate_limit > 0:
+            self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
+
+    def admit(self, scope: Scope) -> None:
+        """Shed load before any work (RELIABILITY.md rows 22 and the 429 of DESIGN.md)."""
+        if self.in_flight >= self.config.max_in_flight:
+            raise Overloaded(f"router is at its limit of {self.config.max_in_flight} requests")
+        if self.limiter is not None:
+            client = scope.get("client")
+            wait = self.limiter.acquire(client[0] if client else "-", trio.current_time())
+            if wait > 0:
+                raise RateLimited("too many requests from this address", wait)
 
 
 class _Body:
     """The request body as read from ASGI ``receive``; keeps a replay copy while it is small."""
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, idle_timeout: float) -> None:
         self._receive = receive
         self.limit = limit
+        self.idle_timeout = idle_timeout
         self.replay: list[bytes] | None = []
         self.replay_size = 0
         self.total = 0
@@ -69,7 +90,13 @@ class _Body:
         """The next body chunk, or None at the end; raises ClientGone on disconnect."""
         if self.complete:
             return None
-        message: Message = await self._receive()
+        # A body that stalls (slowloris/RUDY, RELIABILITY.md row 12) must not pin a stream.
+        with trio.move_on_after(self.idle_timeout):
+            message: Message = await self._receive()
+            return self._take(message)
+        raise RequestTimeout(f"request body stalled for {self.idle_timeout:g} s")
+
+    def _take(self, message: Message) -> bytes | None:
         if message["type"] == "http.disconnect":
             self.disconnected = True
             raise ClientGone()
@@ -119,10 +146,8 @@ class _Outcome:
     tunnel_id: str = "-"
 
 
-async def forward(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
-    """Proxy one request; every failure becomes the status DESIGN.md's table names."""
-    started = time.monotonic()
-    outcome = _Outcome()
+def request_target(scope: Scope) -> tuple[str, bytes]:
+    """The Host value and the raw path with its query, as the request carried them."""
     host = ""
     for name, value in scope["headers"]:
         if name == b"host":
@@ -131,8 +156,21 @@ async def forward(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send)
     path = scope.get("raw_path") or scope["path"].encode()
     if scope.get("query_string"):
         path = path + b"?" + scope["query_string"]
+    return host, path
+
+
+async def forward(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
+    """Proxy one request; every failure becomes the status DESIGN.md's table names."""
+    started = time.monotonic()
+    outcome = _Outcome()
+    host, path = request_target(scope)
     try:
-        await _forward(ctx, scope, receive, send, host, path, outcome)
+        ctx.admit(scope)
+        ctx.in_flight += 1
+        try:
+            await _forward(ctx, scope, receive, send, host, path, outcome)
+        finally:
+            ctx.in_flight -= 1
     except ClientGone:
         outcome.status = outcome.status or 499
     except ProxyError as error:
@@ -192,7 +230,7 @@ async def _forward(
         and not any(n == b"transfer-encoding" for n, _ in scope["headers"])
         and scope.get("http_version") == "1.1"
     )
-    body = _Body(receive, limit)
+    body = _Body(receive, limit, ctx.config.request_body_timeout)
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
         tunnel = await ctx.registry.acquire(service, exclude=tried)

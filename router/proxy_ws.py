@@ -41,7 +41,7 @@ from ptth.errors import (
 )
 
 from .config import RouterConfig
-from .proxy_http import ClientGone, ProxyContext
+from .proxy_http import ClientGone, ProxyContext, request_target
 from .registry import RouterTunnel
 
 __all__ = ["forward_websocket"]
@@ -145,17 +145,15 @@ async def forward_websocket(ctx: ProxyContext, scope: Scope, receive: Receive, s
     started = time.monotonic()
     outcome = _Outcome()
     user = _User(scope, receive, send)
-    host = ""
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value.decode("latin-1")
-            break
-    path = scope.get("raw_path") or scope["path"].encode()
-    if scope.get("query_string"):
-        path = path + b"?" + scope["query_string"]
+    host, path = request_target(scope)
     try:
         await user.connect()
-        await _forward(ctx, user, host, path, outcome)
+        ctx.admit(scope)
+        ctx.in_flight += 1
+        try:
+            await _forward(ctx, user, host, path, outcome)
+        finally:
+            ctx.in_flight -= 1
     except ClientGone:
         outcome.status = outcome.status or 499
     except ProxyError as error:

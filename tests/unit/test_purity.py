@@ -20,6 +20,7 @@ PURE = [
     "ptth/errors.py",
     "router/routing.py",
     "router/balancer.py",
+    "router/ratelimit.py",
 ]
 FORBIDDEN = {"trio", "socket", "asyncio", "anyio", "time", "httpx", "hypercorn"}
 
