@@ -28,6 +28,8 @@ __all__ = ["Liveness", "TunnelConnection"]
 log = logging.getLogger("ptth.tunnel")
 
 RECEIVE_SIZE = 256 * 1024
+# Seconds a drained tunnel waits, half-closed, for the peer to close too (see _linger_close).
+LINGER = 2.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class TunnelConnection:
         )
         self._handler_nursery: trio.Nursery | None = None
         self._reader_scope = trio.CancelScope()
+        self._linger = False
         self.streams_opened = 0
 
     # -- state -------------------------------------------------------------------------------
@@ -142,7 +145,27 @@ class TunnelConnection:
         finally:
             self._mark_closed(self._closed or TunnelClosed("tunnel closed"))
             with trio.CancelScope(shield=True):
+                if self._linger:
+                    await self._linger_close()
                 await trio.aclose_forcefully(self._socket)
+
+    async def _linger_close(self) -> None:
+        """After a drain: half-close, then read (and ignore) until the peer closes, bounded.
+
+        Closing a socket with unread input makes the kernel answer with RST, and an RST can
+        destroy what the peer has not read yet, our GOAWAY included: a stream the peer opened
+        just before it would then fail as "tunnel lost" instead of being retried as refused
+        (RFC 9113 section 6.8). With EOF the peer reads everything, then closes its side.
+        """
+        if not isinstance(self._socket, trio.abc.HalfCloseableStream):
+            return
+        with trio.move_on_after(LINGER):
+            try:
+                await self._socket.send_eof()
+                while await self._socket.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     async def _read_loop(self) -> None:
         while self._closed is None:
@@ -466,6 +489,7 @@ class TunnelConnection:
         await self.goaway()
         with trio.move_on_after(timeout):
             await self.wait_idle()
+        self._linger = True
         await self._fail(ErrorCodes.NO_ERROR, "drained")
 
     async def aclose(self) -> None:

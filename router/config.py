@@ -57,6 +57,8 @@ class RouterConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.dead_after < self.ping_interval:
             raise ConfigError("dead_after must be at least ping_interval")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("token must not be empty (leave it unset to accept any backend)")
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise ConfigError("rate_limit must be >= 0 and rate_burst >= 1")
         if self.max_body < 0:

@@ -1,0 +1,64 @@
+"""ASGI apps for the drain and CLI tests (importable as ``tests.e2e.apps_drain:app``).
+
+Every response carries ``X-Backend: <name>``; the name comes from ``make_app(name)`` or, for the
+module-level ``app`` run by ``python -m ptth``, from the ``PTTH_TEST_BACKEND`` environment variable.
+
+Paths: ``/slow?s=SECONDS`` sleeps first (default 1 s); anything else answers at once. POST
+echoes its body. ``/started`` never reaches the network: see ``started`` below.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs
+
+import trio
+
+from ptth._types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["app", "make_app"]
+
+
+def make_app(name: str, *, started: trio.Event | None = None) -> ASGIApp:
+    """An app answering as ``name``; ``started`` (if given) is set when a /slow request begins."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        if scope["path"] == "/slow":
+            query = parse_qs(scope["query_string"].decode("latin-1"))
+            delay = float(query.get("s", ["1"])[0])
+            if started is not None:
+                started.set()
+            await trio.sleep(delay)
+        payload = body if scope["method"] == "POST" else f"hello from {name}".encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/plain"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"x-backend", name.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+app = make_app(os.environ.get("PTTH_TEST_BACKEND", "unnamed"))
