@@ -1,0 +1,1 @@
+"""Runnable examples: router.py, backend.py (also ``examples.backend:app``), user.py, demo.py."""
