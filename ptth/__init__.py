@@ -18,7 +18,7 @@ import trio
 from ._agent import serve_upstream
 from ._backend import BackendOptions, serve
 from ._groups import unwrap
-from ._tunnel import Liveness
+from ._liveness import Liveness
 from ._types import ASGIApp
 from .errors import (
     ConfigError,

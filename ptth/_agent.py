@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import trio
 
-from ._backend import BackendOptions, run_backend
+from ._backend import BackendOptions, resolve_arguments, run_backend
 from ._headers import parse_request_block
 from ._stream import TunnelStream
 from ._upstream_common import send_plain
@@ -28,7 +28,7 @@ from ._upstream_h2 import H2Upstream
 from ._upstream_http import HTTPUpstream
 from ._upstream_url import UpstreamURL, parse_upstream_url
 from ._upstream_ws import relay_websocket
-from .errors import ConfigError, HeaderError
+from .errors import HeaderError
 
 __all__ = ["Agent", "serve_upstream"]
 
@@ -105,21 +105,17 @@ async def serve_upstream(
     e.g. a gRPC server). Cancelling drains the tunnels; in-flight requests finish first.
     """
     target = parse_upstream_url(url)
-    addresses = [router_addr] if isinstance(router_addr, str) else list(router_addr)
-    if not addresses:
-        raise ConfigError("at least one router address is required")
-    if connections < 1:
-        raise ConfigError("connections must be at least 1")
-    if options is None:
-        options = BackendOptions(
-            service=service,
-            hosts=tuple(hosts),
-            path_prefix=path_prefix,
-            token=token,
-            connections=connections,
-            max_concurrent_streams=max_concurrent_streams,
-            weight=weight,
-        )
+    addresses, options = resolve_arguments(
+        router_addr,
+        options,
+        service=service,
+        hosts=hosts,
+        path_prefix=path_prefix,
+        token=token,
+        connections=connections,
+        max_concurrent_streams=max_concurrent_streams,
+        weight=weight,
+    )
     async with trio.open_nursery() as nursery:
         # The upstream connections must outlive a cancelled serve_upstream while its tunnels
         # drain (in-flight requests still use them), so they live under a shield of their own

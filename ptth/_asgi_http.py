@@ -15,12 +15,13 @@ from urllib.parse import unquote_to_bytes
 import trio
 from h2.errors import ErrorCodes
 
-from ._headers import RequestHead, clean_trailers, strip_hop_by_hop
+from ._fields import declared_length, strip_hop_by_hop
+from ._headers import RequestHead, clean_trailers
 from ._stream import Headers, TunnelStream
 from ._types import ASGIApp, Message
 from .errors import HeaderError, TunnelError
 
-__all__ = ["build_scope", "serve_http"]
+__all__ = ["build_scope", "log_app_error", "serve_http"]
 
 log = logging.getLogger("ptth.asgi")
 
@@ -78,13 +79,6 @@ class ContentLengthMismatch(RuntimeError):
     """The app's body disagrees with the Content-Length it declared."""
 
 
-def _declared_length(headers: Headers) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value)
-    return None
-
-
 class _Responder:
     """The ``send`` side: turns ASGI messages into HEADERS/DATA/trailers on the stream."""
 
@@ -116,7 +110,7 @@ class _Responder:
             self.status = int(message["status"])
             self.headers = strip_hop_by_hop(message.get("headers", []))
             self.trailers = bool(message.get("trailers", False))
-            self.remaining = _declared_length(self.headers)
+            self.remaining = declared_length(self.headers)
         elif kind == "http.response.body":
             if self.status is None:
                 raise RuntimeError("http.response.body before http.response.start")
@@ -202,10 +196,7 @@ async def serve_http(
     try:
         await app(scope, receive, responder.send)
     except Exception as exc:
-        if isinstance(exc, HeaderError):
-            log.warning("tunnel %s: app sent a bad header: %s", stream.tunnel.tunnel_id, exc)
-        else:
-            log.exception("tunnel %s: ASGI app raised", stream.tunnel.tunnel_id)
+        log_app_error(stream, exc)
         await _abort(responder)
         return
     finally:
@@ -216,6 +207,17 @@ async def serve_http(
             "tunnel %s: app returned without completing the response", stream.tunnel.tunnel_id
         )
         await _abort(responder)
+
+
+def log_app_error(stream: TunnelStream, exc: Exception) -> None:
+    """Log what the app raised (call it in the ``except`` block: the traceback comes from there).
+
+    A bad header the app sent is one line; anything else is logged with its traceback.
+    """
+    if isinstance(exc, HeaderError):
+        log.warning("tunnel %s: app sent a bad header: %s", stream.tunnel.tunnel_id, exc)
+    else:
+        log.exception("tunnel %s: ASGI app raised", stream.tunnel.tunnel_id)
 
 
 async def _abort(responder: _Responder) -> None:

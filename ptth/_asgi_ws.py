@@ -17,15 +17,15 @@ Outcomes of the app's call:
 from __future__ import annotations
 
 import enum
-import logging
 from collections import deque
 from typing import Any
 
 import trio
 from h2.errors import ErrorCodes
 
-from ._asgi_http import build_scope
-from ._headers import RequestHead, strip_hop_by_hop
+from ._asgi_http import build_scope, log_app_error
+from ._fields import strip_hop_by_hop
+from ._headers import RequestHead
 from ._stream import Headers, TunnelStream
 from ._types import ASGIApp, Message
 from ._ws_frames import (
@@ -39,8 +39,6 @@ from ._ws_frames import (
 from .errors import HeaderError, TunnelError
 
 __all__ = ["CLOSE_TIMEOUT", "WebSocketDisconnected", "serve_websocket"]
-
-log = logging.getLogger("ptth.asgi")
 
 # How long an end that sent its close frame waits for the peer's answer (RFC 6455 §7.1.1).
 CLOSE_TIMEOUT = 5.0
@@ -274,8 +272,5 @@ async def serve_websocket(
         pass  # the app sent after the peer left and let the error end it: nothing to report
     except Exception as exc:
         failed = True
-        if isinstance(exc, HeaderError):
-            log.warning("tunnel %s: app sent a bad header: %s", stream.tunnel.tunnel_id, exc)
-        else:
-            log.exception("tunnel %s: ASGI app raised", stream.tunnel.tunnel_id)
+        log_app_error(stream, exc)
     await session.finish(failed)

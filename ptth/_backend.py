@@ -27,12 +27,13 @@ from ._h2 import H2Settings
 from ._handshake import ClientHandshake, Registration
 from ._headers import parse_request_block
 from ._lifespan import Lifespan
+from ._liveness import Liveness
 from ._stream import TunnelStream
-from ._tunnel import Liveness, StreamHandler, TunnelConnection
+from ._tunnel import StreamHandler, TunnelConnection
 from ._types import ASGIApp
 from .errors import ConfigError, HandshakeError, HandshakeRefused, HeaderError, PTTHError
 
-__all__ = ["BackendOptions", "parse_address", "run_backend", "serve"]
+__all__ = ["BackendOptions", "parse_address", "resolve_arguments", "run_backend", "serve"]
 
 log = logging.getLogger("ptth.backend")
 
@@ -175,20 +176,13 @@ class _Backend:
             head = parse_request_block(headers)
         except HeaderError as exc:
             log.warning("tunnel %s: bad request block: %s", stream.tunnel.tunnel_id, exc)
-            body = f"{exc}\n".encode()
-            await stream.send_headers(
-                [(b":status", b"400"), (b"content-length", str(len(body)).encode())]
-            )
-            await stream.send_data(body, end_stream=True)
+            await _answer(stream, 400, str(exc))
             return
         if head.protocol == "websocket":  # RFC 8441 extended CONNECT
             await serve_websocket(self.app, stream, head, root_path=self.options.root_path)
         elif head.protocol is not None:
-            body = f"extended CONNECT protocol {head.protocol!r} is not supported\n".encode()
-            await stream.send_headers(
-                [(b":status", b"501"), (b"content-length", str(len(body)).encode())]
-            )
-            await stream.send_data(body, end_stream=True)
+            text = f"extended CONNECT protocol {head.protocol!r} is not supported"
+            await _answer(stream, 501, text)
         else:
             await serve_http(self.app, stream, head, root_path=self.options.root_path)
 
@@ -242,6 +236,15 @@ class _Backend:
                     work.cancel()
 
 
+async def _answer(stream: TunnelStream, status: int, text: str) -> None:
+    """The backend's own short answer, for a stream no app can serve."""
+    body = f"{text}\n".encode()
+    await stream.send_headers(
+        [(b":status", str(status).encode()), (b"content-length", str(len(body)).encode())]
+    )
+    await stream.send_data(body, end_stream=True)
+
+
 async def serve(
     app: ASGIApp,
     router_addr: str | Sequence[str],
@@ -262,6 +265,37 @@ async def serve(
     each. Raises :class:`~ptth.errors.HandshakeRefused` when a router refuses for good
     (400/401/403/409) and :class:`~ptth.errors.LifespanError` when startup fails.
     """
+    addresses, options = resolve_arguments(
+        router_addr,
+        options,
+        service=service,
+        hosts=hosts,
+        path_prefix=path_prefix,
+        token=token,
+        connections=connections,
+        max_concurrent_streams=max_concurrent_streams,
+        weight=weight,
+    )
+    await run_backend(app, addresses, options, task_status=task_status)
+
+
+def resolve_arguments(
+    router_addr: str | Sequence[str],
+    options: BackendOptions | None,
+    *,
+    service: str,
+    hosts: Sequence[str],
+    path_prefix: str | None,
+    token: str | None,
+    connections: int,
+    max_concurrent_streams: int,
+    weight: float,
+) -> tuple[list[str], BackendOptions]:
+    """The router addresses and options that ``serve`` and ``serve_upstream`` were given, checked.
+
+    ``options``, when given, is used as it is and the registration keywords are ignored
+    (``connections`` is still checked).
+    """
     addresses = [router_addr] if isinstance(router_addr, str) else list(router_addr)
     if not addresses:
         raise ConfigError("at least one router address is required")
@@ -277,7 +311,7 @@ async def serve(
             max_concurrent_streams=max_concurrent_streams,
             weight=weight,
         )
-    await run_backend(app, addresses, options, task_status=task_status)
+    return addresses, options
 
 
 async def run_backend(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import h2.events
+
 __all__ = ["BudgetLimits", "FrameBudget"]
 
 
@@ -33,6 +35,23 @@ class FrameBudget:
     _empty_in_a_row: int = 0
     _data_frames: int = 0
     _window_updates: int = 0
+
+    def count(self, event: h2.events.Event, now: float) -> None:
+        """Charge one received event to its budget; the events not named here cost nothing."""
+        if isinstance(event, h2.events.DataReceived):
+            length = event.flow_controlled_length or 0
+            self.data_frame(now, empty=length == 0 and not event.stream_ended)
+        elif isinstance(
+            event,
+            h2.events.RequestReceived | h2.events.ResponseReceived | h2.events.TrailersReceived,
+        ):
+            self.headers_frame(now)
+        elif isinstance(event, h2.events.WindowUpdated):
+            self.window_update(now)
+        elif isinstance(event, h2.events.RemoteSettingsChanged | h2.events.PingReceived):
+            self.control_frame(now)
+        elif isinstance(event, h2.events.PriorityUpdated):
+            self.priority_frame(now)
 
     def _roll(self, now: float) -> None:
         if now - self._window_start >= self.limits.window:

@@ -28,6 +28,7 @@ from hyperframe.frame import DataFrame, GoAwayFrame
 
 __all__ = ["GRACEFUL_LAST_STREAM", "H2Settings", "TunnelH2Connection", "make_connection"]
 
+
 def _data_frame_body_repr(self: DataFrame) -> str:
     return f"<{len(self.data)} bytes>"
 

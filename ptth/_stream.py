@@ -178,7 +178,7 @@ class TunnelStream:
         self._buffered = 0
         if pending:
             self.tunnel._acknowledge(self.stream_id, pending)
-        self.tunnel._forget(self)
+        self.tunnel._streams.forget(self)
         if self._error is None:
             self._error = StreamReset(ErrorCodes.CANCEL)
         self._wake()

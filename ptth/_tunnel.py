@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import h2.events
 import h2.exceptions
@@ -20,25 +19,19 @@ from h2.errors import ErrorCodes
 from ._budget import FrameBudget
 from ._frame_guard import FrameGuard
 from ._h2 import GRACEFUL_LAST_STREAM, H2Settings, make_connection
+from ._linger import linger_close
+from ._liveness import Liveness, Verdict
 from ._stream import Headers, TunnelStream
+from ._stream_table import StreamTable
 from .errors import StreamReset, TunnelClosed, TunnelError
 
-__all__ = ["Liveness", "TunnelConnection"]
+__all__ = ["StreamHandler", "TunnelConnection"]
 
 log = logging.getLogger("ptth.tunnel")
 
 RECEIVE_SIZE = 256 * 1024
-# Seconds a drained tunnel waits, half-closed, for the peer to close too (see _linger_close).
+# Seconds a drained tunnel waits, half-closed, for the peer to close too (see ._linger).
 LINGER = 2.0
-
-
-@dataclass(frozen=True)
-class Liveness:
-    """Keepalive: PING after ``interval`` of silence; no frame at all for ``dead_after``: dead."""
-
-    interval: float = 10.0
-    dead_after: float = 20.0
-    write_timeout: float = 30.0
 
 
 StreamHandler = Callable[[TunnelStream], Awaitable[None]]
@@ -71,14 +64,12 @@ class TunnelConnection:
         self._initial_data = initial_data
         self._conn = make_connection(client_side=client_side, settings=self.settings, logger=log)
         self._send_lock = trio.Lock()
-        self._streams: dict[int, TunnelStream] = {}
-        self._window_changed = trio.Event()
+        self._streams = StreamTable()
         self._closed: TunnelClosed | None = None
         self._closed_event = trio.Event()
         self._remote_settings_seen = trio.Event()
         self._goaway_received: int | None = None
         self._goaway_sent = False
-        self._streams_changed = trio.Event()
         self._last_received = trio.current_time()
         self._budget = FrameBudget()
         self._guard = FrameGuard(
@@ -117,12 +108,12 @@ class TunnelConnection:
 
     async def wait_streams_changed(self) -> None:
         """Until a stream opens or closes, a GOAWAY arrives or the tunnel closes."""
-        await self._streams_changed.wait()
+        await self._streams.wait_changed()
 
     async def wait_idle(self) -> None:
         """Until no stream is open (used by drain)."""
         while self._streams and not self.closed:
-            await self._streams_changed.wait()
+            await self._streams.wait_changed()
 
     # -- the connection task -----------------------------------------------------------------
 
@@ -146,26 +137,8 @@ class TunnelConnection:
             self._mark_closed(self._closed or TunnelClosed("tunnel closed"))
             with trio.CancelScope(shield=True):
                 if self._linger:
-                    await self._linger_close()
+                    await linger_close(self._socket, timeout=LINGER)
                 await trio.aclose_forcefully(self._socket)
-
-    async def _linger_close(self) -> None:
-        """After a drain: half-close, then read (and ignore) until the peer closes, bounded.
-
-        Closing a socket with unread input makes the kernel answer with RST, and an RST can
-        destroy what the peer has not read yet, our GOAWAY included: a stream the peer opened
-        just before it would then fail as "tunnel lost" instead of being retried as refused
-        (RFC 9113 section 6.8). With EOF the peer reads everything, then closes its side.
-        """
-        if not isinstance(self._socket, trio.abc.HalfCloseableStream):
-            return
-        with trio.move_on_after(LINGER):
-            try:
-                await self._socket.send_eof()
-                while await self._socket.receive_some(RECEIVE_SIZE):
-                    pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
 
     async def _read_loop(self) -> None:
         while self._closed is None:
@@ -201,60 +174,27 @@ class TunnelConnection:
             self._conn.clear_outbound_data_buffer()
             await self._fail(ErrorCodes.ENHANCE_YOUR_CALM, self._budget.exceeded)
             return
-        try:
-            await self._flush()
-        except TunnelClosed:
-            return
+        await self._flush_unless_closed()
 
     def _handle(self, event: h2.events.Event) -> None:
-        now = trio.current_time()
-        if isinstance(event, h2.events.DataReceived):
-            stream = self._streams.get(event.stream_id)
-            length = event.flow_controlled_length or 0
-            self._budget.data_frame(now, empty=length == 0 and not event.stream_ended)
-            if stream is None:
-                self._acknowledge(event.stream_id, length)
-            else:
-                stream._on_data(event.data or b"", length)
+        self._budget.count(event, trio.current_time())
+        if isinstance(event, h2.events.DataReceived) and event.stream_id not in self._streams:
+            # DATA for a stream already forgotten still used window: give it back.
+            self._acknowledge(event.stream_id, event.flow_controlled_length or 0)
         elif isinstance(event, h2.events.RequestReceived):
             self._on_request(event)
-        elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-            self._budget.headers_frame(now)
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                stream._on_headers(list(event.headers or []))
-        elif isinstance(event, h2.events.InformationalResponseReceived):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                stream._on_informational(list(event.headers or []))
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                stream._on_end()
-                self._maybe_finished(stream)
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                code = int(event.error_code or 0)
-                stream._on_error(StreamReset(code, refused=code == ErrorCodes.REFUSED_STREAM))
-                self._forget(stream)
         elif isinstance(event, h2.events.WindowUpdated):
-            self._budget.window_update(now)
-            self._wake_senders()
+            self._streams.wake_senders()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._budget.control_frame(now)
             self._remote_settings_seen.set()
-            self._wake_senders()
-        elif isinstance(event, h2.events.PingReceived):
-            self._budget.control_frame(now)
-        elif isinstance(event, h2.events.PriorityUpdated):
-            self._budget.priority_frame(now)
+            self._streams.wake_senders()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._on_goaway(event)
+        else:
+            self._streams.deliver(event)
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id or 0
-        self._budget.headers_frame(trio.current_time())
         if self._goaway_sent or self._on_stream is None or self._handler_nursery is None:
             # RFC 9113 §8.7: refused streams were never processed, so the client may retry them.
             self._conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
@@ -263,7 +203,7 @@ class TunnelConnection:
         stream._on_headers(list(event.headers or []))
         if event.stream_ended is not None:
             stream._on_end()
-        self._streams[stream_id] = stream
+        self._streams.add(stream)
         self._handler_nursery.start_soon(self._run_handler, stream)
 
     async def _run_handler(self, stream: TunnelStream) -> None:
@@ -289,25 +229,22 @@ class TunnelConnection:
             return
         log.info("tunnel %s: peer is draining (GOAWAY, last stream %d)", self.tunnel_id, last)
         self._goaway_received = last
-        for stream_id, stream in list(self._streams.items()):
-            if self.client_side and stream_id > last:
-                stream._on_error(StreamReset(ErrorCodes.REFUSED_STREAM, refused=True))
-                self._forget(stream)
-        self._streams_changed.set()
-        self._streams_changed = trio.Event()
+        if self.client_side:
+            self._streams.refuse_above(last)
+        self._streams.changed()
 
     # -- keepalive ---------------------------------------------------------------------------
 
     async def _keepalive(self) -> None:
-        interval, dead_after = self.liveness.interval, self.liveness.dead_after
         while True:
-            await trio.sleep(min(interval, dead_after) / 2)
+            await trio.sleep(self.liveness.check_every)
             silent = trio.current_time() - self._last_received
-            if silent >= dead_after:
+            verdict = self.liveness.verdict(silent)
+            if verdict is Verdict.DEAD:
                 log.warning("tunnel %s: no answer for %.1f s; dead", self.tunnel_id, silent)
                 await self._fail(ErrorCodes.NO_ERROR, f"no answer for {silent:.1f} s")
                 return
-            if silent >= interval:
+            if verdict is Verdict.PING:
                 try:
                     self._conn.ping(b"ptthping")
                     await self._flush()
@@ -322,12 +259,12 @@ class TunnelConnection:
             raise self._closed or TunnelClosed("tunnel is draining")
         stream_id = self._conn.get_next_available_stream_id()
         stream = TunnelStream(self, stream_id)
-        self._streams[stream_id] = stream
+        self._streams.add(stream)
         self.streams_opened += 1
         try:
             self._conn.send_headers(stream_id, headers, end_stream=end_stream)
         except h2.exceptions.ProtocolError as exc:
-            self._forget(stream)
+            self._streams.forget(stream)
             raise TunnelError(f"cannot open stream: {exc}") from exc
         if end_stream:
             stream._sent_end = True
@@ -345,7 +282,7 @@ class TunnelConnection:
         await self._flush()
         if end_stream:
             stream._sent_end = True
-            self._maybe_finished(stream)
+            self._streams.release_if_done(stream)
 
     async def _send_data(self, stream: TunnelStream, data: bytes, *, end_stream: bool) -> None:
         view = memoryview(data)
@@ -371,7 +308,7 @@ class TunnelConnection:
                 break
         if end_stream:
             stream._sent_end = True
-            self._maybe_finished(stream)
+            self._streams.release_if_done(stream)
 
     def _check_stream(self, stream: TunnelStream) -> None:
         if stream.error is not None:
@@ -380,14 +317,9 @@ class TunnelConnection:
             raise self._closed
 
     async def _wait_window(self) -> None:
-        event = self._window_changed
         if self._closed is not None:
             raise self._closed
-        await event.wait()
-
-    def _wake_senders(self) -> None:
-        self._window_changed.set()
-        self._window_changed = trio.Event()
+        await self._streams.wait_window()
 
     async def _reset(self, stream: TunnelStream, error_code: int) -> None:
         if self._closed is None and stream.stream_id in self._streams:
@@ -396,24 +328,9 @@ class TunnelConnection:
             except h2.exceptions.ProtocolError:
                 pass  # already closed on h2's side
             with trio.CancelScope(shield=True), trio.move_on_after(self.liveness.write_timeout):
-                try:
-                    await self._flush()
-                except TunnelClosed:
-                    pass
+                await self._flush_unless_closed()
         stream._on_error(StreamReset(error_code))
-        self._forget(stream)
-
-    def _maybe_finished(self, stream: TunnelStream) -> None:
-        if stream._received_end and stream._sent_end:
-            # Both directions done: the slot is free. The stream object stays readable.
-            self._forget(stream, keep_open=True)
-
-    def _forget(self, stream: TunnelStream, *, keep_open: bool = False) -> None:
-        if self._streams.get(stream.stream_id) is stream:
-            del self._streams[stream.stream_id]
-            self._streams_changed.set()
-            self._streams_changed = trio.Event()
-            self._wake_senders()
+        self._streams.forget(stream)
 
     def _acknowledge(self, stream_id: int, length: int) -> None:
         if length and self._closed is None:
@@ -429,10 +346,7 @@ class TunnelConnection:
         if self._closed is not None:
             return
         self._acknowledge(stream_id, length)
-        try:
-            await self._flush()
-        except TunnelClosed:
-            pass
+        await self._flush_unless_closed()
 
     # -- writing and closing -----------------------------------------------------------------
 
@@ -457,6 +371,13 @@ class TunnelConnection:
                 self._mark_closed(TunnelClosed("tunnel write timed out"))
                 raise self._closed  # type: ignore[misc]
 
+    async def _flush_unless_closed(self) -> None:
+        """:meth:`_flush` where a closed tunnel needs no answer (``closed`` already reports it)."""
+        try:
+            await self._flush()
+        except TunnelClosed:
+            pass
+
     async def _fail(self, error_code: int, reason: str) -> None:
         """Close the connection with a GOAWAY carrying ``error_code`` (best effort)."""
         if self._closed is not None:
@@ -466,10 +387,7 @@ class TunnelConnection:
         except h2.exceptions.ProtocolError:
             pass
         with trio.move_on_after(1):
-            try:
-                await self._flush()
-            except TunnelClosed:
-                pass
+            await self._flush_unless_closed()
         self._mark_closed(TunnelClosed(reason, error_code=error_code))
 
     async def goaway(self) -> None:
@@ -479,10 +397,7 @@ class TunnelConnection:
         self._goaway_sent = True
         last = GRACEFUL_LAST_STREAM if self.client_side else self._conn.highest_inbound_stream_id
         self._conn.send_graceful_goaway(last)
-        try:
-            await self._flush()
-        except TunnelClosed:
-            pass
+        await self._flush_unless_closed()
 
     async def drain(self, timeout: float) -> None:
         """GOAWAY, let in-flight streams finish for up to ``timeout`` seconds, then close."""
@@ -499,11 +414,7 @@ class TunnelConnection:
         if self._closed is not None:
             return
         self._closed = error
-        for stream in list(self._streams.values()):
-            stream._on_error(error)
-        self._streams.clear()
-        self._streams_changed.set()
-        self._wake_senders()
+        self._streams.fail_all(error)
         self._closed_event.set()
         self._remote_settings_seen.set()  # a tunnel that closes before its SETTINGS wakes waiters
         self._reader_scope.cancel()  # the reader may be blocked in receive_some

@@ -1,4 +1,5 @@
-"""What the agent's relays share: their two failure kinds and the answers they send.
+"""What the agent's relays share: their two failure kinds, the answers they send, and the
+tunnel-side operations that turn the stream's failure into :class:`DownstreamGone`.
 
 A relay sits between the tunnel stream (the router's request) and an upstream server. Either side
 can fail, and what the agent does differs: an **upstream** failure becomes a 502 while no response
@@ -10,7 +11,8 @@ upstream exchange and sends nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 
 import trio
 from h2.errors import ErrorCodes
@@ -21,11 +23,13 @@ from .errors import TunnelError
 
 __all__ = [
     "DownstreamGone",
+    "Progress",
     "RelayError",
     "UpstreamFailed",
     "downstream",
     "fail_relay",
-    "relay_error",
+    "receive_downstream",
+    "relaying",
     "send_plain",
     "watch_downstream",
 ]
@@ -45,9 +49,10 @@ class DownstreamGone(RelayError):
     """The tunnel stream failed (reset by the router, or the tunnel closed)."""
 
 
-def relay_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error a relay's nursery ended with (its siblings were merely cancelled)."""
-    return unwrap(group, RelayError)
+class Progress:
+    """How far one relayed exchange got (decides 502 versus reset on failure)."""
+
+    headers_sent = False
 
 
 async def send_plain(stream: TunnelStream, status: int, text: str) -> None:
@@ -80,6 +85,20 @@ async def fail_relay(stream: TunnelStream, error: RelayError, *, headers_sent: b
         await stream.reset(ErrorCodes.INTERNAL_ERROR)
 
 
+@asynccontextmanager
+async def relaying(stream: TunnelStream, progress: Progress) -> AsyncIterator[None]:
+    """Around one relayed exchange: the :class:`RelayError` it ends with, alone or out of a
+    nursery's group, is answered by :func:`fail_relay`; any other error propagates."""
+    try:
+        try:
+            yield
+        except BaseExceptionGroup as group:
+            # The one error the relay's nursery ended with (its siblings were merely cancelled).
+            raise unwrap(group, RelayError) from None
+    except RelayError as error:
+        await fail_relay(stream, error, headers_sent=progress.headers_sent)
+
+
 async def downstream(operation: Awaitable[None]) -> None:
     """Await a send on the tunnel stream; its failure means the router gave up on the stream."""
     try:
@@ -93,3 +112,11 @@ async def watch_downstream(stream: TunnelStream) -> None:
     while stream.error is None:
         await stream.wait_changed()
     raise DownstreamGone(str(stream.error))
+
+
+async def receive_downstream(stream: TunnelStream) -> bytes:
+    """The next chunk of the tunnel stream (b"" at its end); raises :class:`DownstreamGone`."""
+    try:
+        return await stream.receive_data()
+    except TunnelError as exc:
+        raise DownstreamGone(str(exc)) from None

@@ -22,15 +22,15 @@ import trio
 
 from ._h2 import H2Settings
 from ._headers import clean_trailers, from_tunnel_response
+from ._liveness import Liveness
 from ._stream import Headers, TunnelStream
-from ._tunnel import Liveness, TunnelConnection
+from ._tunnel import TunnelConnection
 from ._upstream_common import (
-    DownstreamGone,
-    RelayError,
+    Progress,
     UpstreamFailed,
     downstream,
-    fail_relay,
-    relay_error,
+    receive_downstream,
+    relaying,
     watch_downstream,
 )
 from ._upstream_url import UpstreamURL
@@ -140,7 +140,7 @@ class H2Upstream:
         up: TunnelStream | None = None
         progress = _Progress(extended_connect=any(n == b":protocol" for n, _ in headers))
         try:
-            try:
+            async with relaying(stream, progress):
                 up = await self._open(stream, headers, progress)
                 async with trio.open_nursery() as nursery:
                     if progress.request_done:
@@ -149,10 +149,6 @@ class H2Upstream:
                         nursery.start_soon(_pump_request, stream, up, progress)
                     await _relay_response(up, stream, progress)
                     nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                raise relay_error(group) from None
-        except RelayError as error:
-            await fail_relay(stream, error, headers_sent=progress.headers_sent)
         finally:
             if up is not None:
                 with trio.CancelScope(shield=True):
@@ -175,8 +171,8 @@ class H2Upstream:
         raise AssertionError("unreachable")
 
 
-class _Progress:
-    """How far one relayed exchange got (decides 502 versus reset on failure)."""
+class _Progress(Progress):
+    """Also how far the request side got, and whether the exchange is a WebSocket."""
 
     def __init__(self, extended_connect: bool) -> None:
         self.extended_connect = extended_connect
@@ -186,13 +182,7 @@ class _Progress:
 
 async def _pump_request(src: TunnelStream, up: TunnelStream, progress: _Progress) -> None:
     """Tunnel → upstream: body, then trailers or END_STREAM; then watch for a reset."""
-    while True:
-        try:
-            chunk = await src.receive_data()
-        except TunnelError as exc:
-            raise DownstreamGone(str(exc)) from None
-        if not chunk:
-            break
+    while chunk := await receive_downstream(src):
         try:
             await up.send_data(chunk)
         except TunnelError:

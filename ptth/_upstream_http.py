@@ -19,20 +19,20 @@ from collections.abc import AsyncIterator
 import httpx
 import trio
 
-from ._headers import RequestHead, strip_hop_by_hop
+from ._fields import strip_hop_by_hop
+from ._headers import RequestHead
 from ._stream import Headers, TunnelStream
 from ._upstream_common import (
-    DownstreamGone,
-    RelayError,
+    Progress,
     UpstreamFailed,
     downstream,
-    fail_relay,
-    relay_error,
+    receive_downstream,
+    relaying,
     send_plain,
     watch_downstream,
 )
 from ._upstream_url import UpstreamURL
-from .errors import HeaderError, TunnelError
+from .errors import HeaderError
 
 __all__ = ["HTTPUpstream"]
 
@@ -78,20 +78,14 @@ class HTTPUpstream:
         except (httpx.InvalidURL, ValueError) as exc:  # e.g. "OPTIONS *": httpx has no form
             await send_plain(stream, 501, f"cannot forward this request target: {exc}")
             return
-        progress = _Progress()
-        try:
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(watch_downstream, stream)
-                    await self._exchange(request, stream, progress)
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                raise relay_error(group) from None
-        except RelayError as error:
-            await fail_relay(stream, error, headers_sent=progress.headers_sent)
+        progress = Progress()
+        async with relaying(stream, progress), trio.open_nursery() as nursery:
+            nursery.start_soon(watch_downstream, stream)
+            await self._exchange(request, stream, progress)
+            nursery.cancel_scope.cancel()
 
     async def _exchange(
-        self, request: httpx.Request, stream: TunnelStream, progress: _Progress
+        self, request: httpx.Request, stream: TunnelStream, progress: Progress
     ) -> None:
         try:
             response = await self.client.send(request, stream=True)
@@ -119,18 +113,8 @@ class HTTPUpstream:
                 await response.aclose()
 
 
-class _Progress:
-    headers_sent = False
-
-
 async def _request_body(stream: TunnelStream) -> AsyncIterator[bytes]:
-    while True:
-        try:
-            chunk = await stream.receive_data()
-        except TunnelError as exc:
-            raise DownstreamGone(str(exc)) from None
-        if not chunk:
-            return
+    while chunk := await receive_downstream(stream):
         yield chunk
 
 

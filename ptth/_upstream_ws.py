@@ -22,19 +22,19 @@ from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, Event, RejectConnection, RejectData, Request
 from wsproto.handshake import H11Handshake
 
-from ._headers import RequestHead, strip_hop_by_hop
+from ._fields import strip_hop_by_hop
+from ._headers import RequestHead
 from ._stream import Headers, TunnelStream
 from ._upstream_common import (
-    DownstreamGone,
-    RelayError,
+    Progress,
     UpstreamFailed,
     downstream,
-    fail_relay,
-    relay_error,
+    receive_downstream,
+    relaying,
     watch_downstream,
 )
 from ._upstream_url import UpstreamURL
-from .errors import HeaderError, TunnelError
+from .errors import HeaderError
 
 __all__ = ["relay_websocket"]
 
@@ -60,15 +60,16 @@ async def relay_websocket(
     target: UpstreamURL, stream: TunnelStream, head: RequestHead, *, connect_timeout: float
 ) -> None:
     """Serve one extended CONNECT stream by an HTTP/1.1 WebSocket connection to ``target``."""
-    progress = _Progress()
+    progress = Progress()
     sock: trio.SocketStream | None = None
     try:
-        try:
-            with trio.fail_after(connect_timeout):
-                sock = await trio.open_tcp_stream(target.host, target.port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise UpstreamFailed(f"{target}: upstream unreachable ({exc or 'timed out'})") from None
-        try:
+        async with relaying(stream, progress):
+            try:
+                with trio.fail_after(connect_timeout):
+                    sock = await trio.open_tcp_stream(target.host, target.port)
+            except (OSError, trio.TooSlowError) as exc:
+                reason = exc or "timed out"
+                raise UpstreamFailed(f"{target}: upstream unreachable ({reason})") from None
             # Nobody reads the tunnel stream during the handshake: watch it for a reset.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_downstream, stream)
@@ -76,17 +77,9 @@ async def relay_websocket(
                 nursery.cancel_scope.cancel()
             if rest is not None:
                 await _pipe(sock, stream, rest)
-        except BaseExceptionGroup as group:
-            raise relay_error(group) from None
-    except RelayError as error:
-        await fail_relay(stream, error, headers_sent=progress.headers_sent)
     finally:
         if sock is not None:
             await trio.aclose_forcefully(sock)
-
-
-class _Progress:
-    headers_sent = False
 
 
 def _offer(head: RequestHead) -> Request:
@@ -120,7 +113,7 @@ async def _read_head(sock: trio.SocketStream, buffer: bytearray) -> bytes:
 
 
 async def _handshake(
-    sock: trio.SocketStream, stream: TunnelStream, head: RequestHead, progress: _Progress
+    sock: trio.SocketStream, stream: TunnelStream, head: RequestHead, progress: Progress
 ) -> bytes | None:
     """The Upgrade exchange; returns bytes already read past the 101, or None if refused."""
     handshake = H11Handshake(ConnectionType.CLIENT)
@@ -151,7 +144,7 @@ async def _relay_refusal(
     refusal: RejectConnection,
     events: list[Event],
     buffer: bytearray,
-    progress: _Progress,
+    progress: Progress,
 ) -> None:
     """The upstream said no (a 403, a 404...): the router's client gets that answer."""
     block: Headers = [(b":status", str(refusal.status_code).encode())]
@@ -210,13 +203,7 @@ async def _pipe(sock: trio.SocketStream, stream: TunnelStream, rest: bytes) -> N
         done(up_done)
 
     async def tunnel_to_upstream() -> None:
-        while True:
-            try:
-                data = await stream.receive_data()
-            except TunnelError as exc:
-                raise DownstreamGone(str(exc)) from None
-            if not data:
-                break
+        while data := await receive_downstream(stream):
             await _send(sock, data)
         try:
             await sock.send_eof()

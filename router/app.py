@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ptth._types import Receive, Scope, Send
 
-from .proxy_http import ProxyContext, forward
+from .proxy_common import ProxyContext
+from .proxy_http import forward
 from .proxy_ws import forward_websocket
 
 __all__ = ["RouterApp"]

@@ -24,31 +24,38 @@ import trio
 from h2.errors import ErrorCodes
 
 from ptth._asgi_ws import CLOSE_TIMEOUT
-from ptth._groups import unwrap
-from ptth._headers import Headers, from_tunnel_response, to_tunnel_request
+from ptth._fields import Headers
+from ptth._headers import from_tunnel_response, to_tunnel_request
 from ptth._stream import TunnelStream
 from ptth._types import Message, Receive, Scope, Send
 from ptth._ws_frames import ABNORMAL_CLOSURE, INTERNAL_ERROR, FrameCodec, WSMessage
 from ptth.errors import (
     BadGateway,
     HeaderError,
-    NoRoute,
     ProxyError,
-    PTTHError,
     ResponseTimeout,
     StreamReset,
     TunnelError,
 )
 
 from .config import RouterConfig
-from .proxy_http import ClientGone, ProxyContext, request_target
+from .proxy_common import (
+    MAX_ATTEMPTS,
+    ClientGone,
+    ProxyContext,
+    bad_request,
+    client_host,
+    next_response_chunk,
+    request_target,
+    tunnel_stream,
+)
 from .registry import RouterTunnel
+from .responses import error_response
 
 __all__ = ["forward_websocket"]
 
 log = logging.getLogger("router.access")
 
-MAX_ATTEMPTS = 3
 # Handshake fields of the user's hop only: the key and its accept are per connection (RFC 6455
 # §4.2.2) and extensions such as permessage-deflate were negotiated with the user, not inside.
 _USER_HOP_ONLY = frozenset(
@@ -127,16 +134,10 @@ class _User:
             )
 
     async def deny_error(self, error: ProxyError) -> None:
-        body = f"{error}\n".encode()
-        headers: Headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if error.retry_after is not None:
-            headers.append((b"retry-after", str(error.retry_after).encode()))
         if self.responded:
             return
-        await self.deny_start(error.status, headers)
+        status, headers, body = error_response(error, date=None)
+        await self.deny_start(status, headers)
         await self.deny_body(body, more=False)
 
 
@@ -148,12 +149,8 @@ async def forward_websocket(ctx: ProxyContext, scope: Scope, receive: Receive, s
     host, path = request_target(scope)
     try:
         await user.connect()
-        ctx.admit(scope)
-        ctx.in_flight += 1
-        try:
+        with ctx.admitted(scope):
             await _forward(ctx, user, host, path, outcome)
-        finally:
-            ctx.in_flight -= 1
     except ClientGone:
         outcome.status = outcome.status or 499
     except ProxyError as error:
@@ -177,19 +174,12 @@ async def forward_websocket(ctx: ProxyContext, scope: Scope, receive: Receive, s
             )
 
 
-def _bad_request(message: str) -> ProxyError:
-    error = ProxyError(message)
-    error.status = 400
-    return error
-
-
 def _tunnel_request(ctx: ProxyContext, scope: Scope, path: bytes) -> Headers:
     """The extended CONNECT block (RFC 8441 §4): the user's fields minus their hop's handshake."""
     fields = [(n, v) for n, v in scope["headers"] if n.lower() not in _USER_HOP_ONLY]
     if not any(n.lower() == b"sec-websocket-version" for n, _ in fields):
         fields.append((b"sec-websocket-version", b"13"))  # RFC 8441 §5 keeps the version field
-    client = scope.get("client")
-    client_addr = client[0] if client else None
+    client_addr = client_host(scope)
     try:
         return to_tunnel_request(
             method=b"CONNECT",
@@ -202,18 +192,13 @@ def _tunnel_request(ctx: ProxyContext, scope: Scope, path: bytes) -> Headers:
             protocol=b"websocket",
         )
     except HeaderError as exc:
-        raise _bad_request(str(exc)) from None
+        raise bad_request(str(exc)) from None
 
 
 async def _forward(
     ctx: ProxyContext, user: _User, host: str, path: bytes, outcome: _Outcome
 ) -> None:
-    try:
-        service = ctx.registry.match(host, path.decode("latin-1"))
-    except HeaderError as exc:
-        raise _bad_request(str(exc)) from None
-    if service is None:
-        raise NoRoute(f"no service for host {host or '(none)'}")
+    service = ctx.route(host, path)
     headers = _tunnel_request(ctx, user.scope, path)
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
@@ -237,21 +222,12 @@ async def _session(
     cfg: RouterConfig, tunnel: RouterTunnel, headers: Headers, user: _User, outcome: _Outcome
 ) -> None:
     try:
-        stream = await tunnel.connection.open_stream(headers)
-    except TunnelError as exc:
-        raise StreamReset(ErrorCodes.REFUSED_STREAM, refused=True) from exc
-    try:
-        try:
+        async with tunnel_stream(tunnel, headers) as stream:
             await _converse(cfg, stream, user, outcome)
-        except BaseExceptionGroup as group:
-            raise unwrap(group, PTTHError) from None
     except StreamReset:
         raise
     except TunnelError as exc:
         raise BadGateway(f"tunnel lost before the WebSocket was accepted: {exc}") from exc
-    finally:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
 
 
 async def _converse(
@@ -316,14 +292,7 @@ async def _relay_denial(
     outcome: _Outcome,
 ) -> None:
     await user.deny_start(status, fields)
-    idle = cfg.response_idle_timeout
-    while True:
-        with trio.move_on_after(idle) as waiting:
-            chunk = await stream.receive_data()
-        if waiting.cancelled_caught:
-            raise BadGateway(f"response body idle for {idle:g} s")
-        if not chunk:
-            break
+    while chunk := await next_response_chunk(stream, cfg.response_idle_timeout):
         outcome.sent += len(chunk)
         await user.deny_body(chunk, more=True)
     await user.deny_body(b"", more=False)

@@ -15,7 +15,7 @@ from ptth._ws_frames import MAX_MESSAGE_SIZE
 from . import _hypercorn_patches, _hypercorn_ws
 from .app import RouterApp
 from .config import RouterConfig
-from .proxy_http import ProxyContext
+from .proxy_common import ProxyContext
 from .registry import Registry
 from .tunnel_listener import TunnelListener
 

@@ -14,7 +14,8 @@ import trio
 
 from ptth._h2 import H2Settings
 from ptth._handshake import Registration, ServerHandshake
-from ptth._tunnel import Liveness, TunnelConnection
+from ptth._liveness import Liveness
+from ptth._tunnel import TunnelConnection
 from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
 
 from .config import RouterConfig

@@ -103,24 +103,44 @@ async def start_backend(
 # -- sample apps ---------------------------------------------------------------------------
 
 
+async def serve_lifespan(receive: Receive, send: Send, events: list[str] | None = None) -> None:
+    """Answer an ASGI ``lifespan`` scope: complete startup, then shutdown (and return).
+
+    ``events``, if given, records ``"startup"`` and ``"shutdown"`` as they arrive.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if events is not None:
+                events.append("startup")
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if events is not None:
+                events.append("shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (what arrived, if the user disconnects first)."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return body
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body", False):
+            return body
+
+
 def make_hello_app(name: str) -> ASGIApp:
     """GET anything -> 200 "bar" with X-Backend: name; POST echoes the body."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+            await serve_lifespan(receive, send)
+            return
+        body = await read_body(receive)
         payload = body if scope["method"] == "POST" else b"bar"
         await send(
             {

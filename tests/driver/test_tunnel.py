@@ -11,8 +11,9 @@ import trio.testing
 from h2.errors import ErrorCodes
 
 from ptth._h2 import H2Settings
+from ptth._liveness import Liveness
 from ptth._stream import TunnelStream
-from ptth._tunnel import Liveness, StreamHandler, TunnelConnection
+from ptth._tunnel import StreamHandler, TunnelConnection
 from ptth.errors import StreamReset, TunnelClosed, TunnelError
 
 SMALL = H2Settings(stream_window=64 * 1024, connection_window=128 * 1024, max_frame_size=16384)

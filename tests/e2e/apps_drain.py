@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 import trio
 
 from ptth._types import ASGIApp, Receive, Scope, Send
+from tests.support import read_body, serve_lifespan
 
 __all__ = ["app", "make_app"]
 
@@ -24,20 +25,10 @@ def make_app(name: str, *, started: trio.Event | None = None) -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
         if scope["path"] == "/slow":
             query = parse_qs(scope["query_string"].decode("latin-1"))
             delay = float(query.get("s", ["1"])[0])

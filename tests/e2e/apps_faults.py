@@ -10,6 +10,7 @@ from __future__ import annotations
 import trio
 
 from ptth._types import Receive, Scope, Send
+from tests.support import serve_lifespan
 
 BIG_SIZE = 10 * 1024 * 1024
 FIRST_PART = 256 * 1024
@@ -17,13 +18,8 @@ FIRST_PART = 256 * 1024
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send)
+        return
     if scope["path"] == "/big":
         await send(
             {

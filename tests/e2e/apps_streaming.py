@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import trio
 
 from ptth._types import ASGIApp, Receive, Scope, Send
-from tests.support import deterministic_chunk
+from tests.support import deterministic_chunk, serve_lifespan
 
 __all__ = ["CHUNK", "DELAY", "Progress", "app", "expected_sha256", "make_app"]
 
@@ -50,23 +50,13 @@ def expected_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        else:
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 def make_app(progress: Progress | None = None) -> ASGIApp:
     """A fresh app; ``progress`` (if given) is updated by every download."""
     state = progress if progress is not None else Progress()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         assert scope["type"] == "http"
         path = scope["path"]

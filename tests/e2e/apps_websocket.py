@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 import trio
 
 from ptth._types import ASGIApp, Message, Receive, Scope, Send
+from tests.support import serve_lifespan
 
 SUBPROTOCOLS = ("chat.v2", "chat")
 FLOOD_CHUNK = 1024 * 1024
@@ -38,22 +39,12 @@ class Recorder:
     messages: int = 0
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        else:
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 def make_app(name: str = "app", recorder: Recorder | None = None) -> ASGIApp:
     rec = recorder if recorder is not None else Recorder()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "websocket":
             await send({"type": "http.response.start", "status": 404, "headers": []})

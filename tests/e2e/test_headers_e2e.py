@@ -27,7 +27,14 @@ import pytest
 import trio
 
 from ptth._types import ASGIApp, Receive, Scope, Send
-from tests.support import RunningRouter, make_hello_app, start_backend, start_router
+from tests.support import (
+    RunningRouter,
+    make_hello_app,
+    read_body,
+    serve_lifespan,
+    start_backend,
+    start_router,
+)
 
 Pairs = list[tuple[str, str]]
 
@@ -59,19 +66,9 @@ def make_app() -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+            await serve_lifespan(receive, send)
+            return
+        body = await read_body(receive)
         path = scope["path"]
         headers: list[tuple[bytes, bytes]] = []
         status, payload = 200, b""

@@ -21,37 +21,13 @@ from tests.support import (
     RunningBackend,
     RunningRouter,
     make_hello_app,
+    read_body,
+    serve_lifespan,
     start_backend,
     start_router,
 )
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-async def answer_lifespan(receive: Receive, send: Send, events: list[str] | None = None) -> None:
-    """A well-behaved lifespan loop; records "startup" / "shutdown" in ``events``."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            if events is not None:
-                events.append("startup")
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            if events is not None:
-                events.append("shutdown")
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def read_body(receive: Receive) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return body
-        body += bytes(message.get("body", b""))
-        if not message.get("more_body", False):
-            return body
 
 
 async def send_text(send: Send, status: int, text: str, name: str = "app") -> None:
@@ -402,7 +378,7 @@ def make_slow_app(delay: float, disconnected: trio.Event | None = None) -> ASGIA
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await answer_lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         await read_body(receive)
         if scope["path"] == "/slow":
@@ -505,7 +481,7 @@ async def test_full_tunnel_queues_until_a_slot_frees() -> None:
 def make_failing_app() -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await answer_lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         await read_body(receive)
         if scope["path"] == "/early":
@@ -614,7 +590,7 @@ async def test_lifespan_startup_and_shutdown_run_in_order() -> None:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await answer_lifespan(receive, send, events)
+            await serve_lifespan(receive, send, events)
             return
         await read_body(receive)
         events.append("request")
@@ -640,7 +616,7 @@ def make_scope_app() -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await answer_lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         body = await read_body(receive)
         payload = {

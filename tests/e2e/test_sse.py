@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from ptth._types import Receive, Scope, Send
-from tests.support import start_backend, start_router
+from tests.support import serve_lifespan, start_backend, start_router
 
 VERSIONS = ["http1", "http2"]
 
@@ -34,9 +34,7 @@ class SSEApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
         query = dict(p.split("=") for p in scope["query_string"].decode().split("&") if p)
         await receive()  # the (empty) request body

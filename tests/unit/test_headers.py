@@ -9,17 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ptth._fields import HOP_BY_HOP, Headers, strip_hop_by_hop, validate_name, validate_value
 from ptth._headers import (
-    HOP_BY_HOP,
-    Headers,
     RequestHead,
     clean_trailers,
     from_tunnel_response,
     parse_request_block,
-    strip_hop_by_hop,
     to_tunnel_request,
-    validate_name,
-    validate_value,
 )
 from ptth.errors import HeaderError
 

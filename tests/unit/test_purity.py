@@ -11,16 +11,19 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE = [
     "ptth/_handshake.py",
     "ptth/_headers.py",
+    "ptth/_fields.py",
     "ptth/_backoff.py",
     "ptth/_budget.py",
     "ptth/_address.py",
     "ptth/_frame_guard.py",
+    "ptth/_liveness.py",
     "ptth/_upstream_url.py",
     "ptth/_ws_frames.py",
     "ptth/errors.py",
     "router/routing.py",
     "router/balancer.py",
     "router/ratelimit.py",
+    "router/responses.py",
 ]
 FORBIDDEN = {"trio", "socket", "asyncio", "anyio", "time", "httpx", "hypercorn"}
 
