@@ -219,10 +219,14 @@ async def _relay_response(
         }
     )
     outcome.status = status
-    while chunk := await next_response_chunk(stream, cfg.response_idle_timeout):
+    more = True
+    while more:
+        chunk = await next_response_chunk(stream, cfg.response_idle_timeout)
+        # Mark the last chunk as such when the backend already ended: one write fewer per
+        # response for the front end (most small responses arrive whole).
+        more = bool(chunk) and not (stream.received_end and stream.buffered == 0)
         outcome.sent += len(chunk)
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": chunk, "more_body": more})
     if wants_trailers:
         trailers = clean_trailers(stream.trailers or late)
         await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
