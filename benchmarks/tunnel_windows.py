@@ -29,7 +29,8 @@ SETTINGS = {
     "1 MiB / 4 MiB windows, 16 KiB frames": H2Settings(
         stream_window=1 * MiB, connection_window=4 * MiB, max_frame_size=16 * KiB
     ),
-    "4 MiB / 16 MiB windows, 64 KiB frames (ptth default)": H2Settings(),
+    "4 MiB / 16 MiB windows, 64 KiB frames": H2Settings(max_frame_size=64 * KiB),
+    "4 MiB / 16 MiB windows, 256 KiB frames": H2Settings(max_frame_size=256 * KiB),
     "16 MiB / 16 MiB windows, 128 KiB frames": H2Settings(
         stream_window=16 * MiB, connection_window=16 * MiB, max_frame_size=128 * KiB
     ),

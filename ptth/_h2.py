@@ -63,7 +63,7 @@ class H2Settings:
     max_concurrent_streams: int = 100
     stream_window: int = 4 * 1024 * 1024
     connection_window: int = 16 * 1024 * 1024
-    max_frame_size: int = 64 * 1024
+    max_frame_size: int = 256 * 1024
     max_header_list_size: int = 64 * 1024
 
 

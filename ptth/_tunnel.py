@@ -227,7 +227,8 @@ class TunnelConnection:
             log.warning("tunnel %s: peer sent GOAWAY %s", self.tunnel_id, code)
             self._mark_closed(TunnelClosed(f"peer sent GOAWAY ({code})", error_code=code))
             return
-        log.info("tunnel %s: peer is draining (GOAWAY, last stream %d)", self.tunnel_id, last)
+        if self._goaway_received is None:
+            log.info("tunnel %s: peer is draining (GOAWAY, last stream %d)", self.tunnel_id, last)
         self._goaway_received = last
         if self.client_side:
             self._streams.refuse_above(last)
