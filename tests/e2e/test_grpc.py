@@ -22,10 +22,10 @@ import pytest
 import trio
 
 from tests.e2e.agent_support import agent_process, child
-from tests.support import free_port, start_router
+from tests.support import free_port, require_module, start_router
 
-grpc = pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[dev]')")
-pytest.importorskip("grpc_tools", reason="grpcio-tools is not installed (pip install -e '.[dev]')")
+grpc = require_module("grpc", reason="grpcio is not installed (pip install -e '.[dev]')")
+require_module("grpc_tools", reason="grpcio-tools is not installed (pip install -e '.[dev]')")
 
 GRPC_PORT = re.compile(rb"GRPC PORT (\d+)")
 MiB = 1024 * 1024

@@ -30,13 +30,13 @@ from wsproto.connection import Connection, ConnectionType
 
 from ptth import BackendOptions
 from tests.e2e.apps_websocket import FLOOD_CHUNK, Recorder, make_app
-from tests.support import RunningRouter, spawn, start_backend, start_router
+from tests.support import RunningRouter, require_module, spawn, start_backend, start_router
 
-pytest.importorskip("websockets", reason="the websockets client is not installed")
-from websockets.asyncio.client import connect as async_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection
-from websockets.sync.client import connect as sync_connect
+require_module("websockets", reason="the websockets client is not installed")
+from websockets.asyncio.client import connect as async_connect  # noqa: E402 (after the availability check)
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402 (after the availability check)
+from websockets.sync.client import ClientConnection  # noqa: E402 (after the availability check)
+from websockets.sync.client import connect as sync_connect  # noqa: E402 (after the availability check)
 
 T = TypeVar("T")
 MiB = 1024 * 1024
