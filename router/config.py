@@ -70,7 +70,9 @@ _HELP = {
     "tunnel": "tunnel listener address HOST:PORT where backends dial in",
     "token": "require 'Authorization: Bearer TOKEN' on the tunnel port",
     "response_timeout": "seconds to wait for response headers before 504",
-    "response_idle_timeout": "seconds of silence in a response body before it is aborted",
+    "response_idle_timeout": (
+        "seconds a response body may stall (backend silent or user not reading) before abort"
+    ),
     "default_service": "catch-all service for unmatched requests ('none' turns it off)",
     "grace": "seconds a claim keeps routing (503) after its last tunnel dropped",
     "queue_timeout": "seconds a request waits when every tunnel is at its stream limit",

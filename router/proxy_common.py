@@ -50,7 +50,7 @@ MAX_ATTEMPTS = 3  # tunnels tried for one request when a backend refuses its str
 
 
 class ClientGone(Exception):
-    """The user disconnected; nothing more to send."""
+    """The user disconnected (or stopped taking the response); nothing more to send."""
 
 
 @dataclass

@@ -15,14 +15,16 @@ from email.utils import formatdate
 import trio
 
 from ptth._fields import declared_length
+from ptth._groups import unwrap
 from ptth._headers import clean_trailers, from_tunnel_response, to_tunnel_request
 from ptth._stream import TunnelStream
-from ptth._types import Receive, Scope, Send
+from ptth._types import Message, Receive, Scope, Send
 from ptth.errors import (
     BadGateway,
     BodyTooLarge,
     HeaderError,
     ProxyError,
+    PTTHError,
     ResponseTimeout,
     StreamReset,
     TunnelError,
@@ -40,7 +42,7 @@ from .proxy_common import (
     tunnel_stream,
 )
 from .registry import RouterTunnel
-from .request_body import RequestBody, pump_request, watch_disconnect
+from .request_body import RequestBody, pump_request, watch_disconnect, watch_until_stream
 from .responses import error_response, is_grpc_trailers_only, split_trailers_only
 
 __all__ = ["forward"]
@@ -125,7 +127,7 @@ async def _forward(
     body = RequestBody(receive, limit, ctx.config.request_body_timeout)
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
-        tunnel = await ctx.registry.acquire(service, exclude=tried)
+        tunnel = await _acquire(ctx, service, tried, body)
         outcome.tunnel_id = tunnel.tunnel_id
         try:
             await _exchange(ctx, tunnel, headers, body, no_body, scope, send, outcome)
@@ -140,6 +142,30 @@ async def _forward(
             ctx.registry.release(tunnel)
 
 
+async def _acquire(
+    ctx: ProxyContext, service: str, exclude: set[str], body: RequestBody
+) -> RouterTunnel:
+    """A tunnel slot for the request; while it waits for one, a user who resets the request or
+    leaves makes it give up its place (RELIABILITY.md row 1, :func:`watch_until_stream`)."""
+    acquired = ctx.registry.try_acquire(service, exclude=exclude)
+    if acquired is not None:
+        return acquired
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_until_stream, body, nursery.cancel_scope)
+            acquired = await ctx.registry.acquire(service, exclude=exclude)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if acquired is not None:
+            ctx.registry.release(acquired)
+        raise unwrap(group, PTTHError) from None
+    if acquired is None or body.disconnected:
+        if acquired is not None:
+            ctx.registry.release(acquired)
+        raise ClientGone()
+    return acquired
+
+
 async def _exchange(
     ctx: ProxyContext,
     tunnel: RouterTunnel,
@@ -151,7 +177,7 @@ async def _exchange(
     outcome: _Outcome,
 ) -> None:
     cfg = ctx.config
-    end_now = no_body and not body.replay_size
+    end_now = (no_body or body.complete) and not body.replay_size
     try:
         async with tunnel_stream(tunnel, headers, end_stream=end_now) as stream:
             await _run_exchange(cfg, stream, body, end_now, scope, send, outcome)
@@ -226,7 +252,25 @@ async def _relay_response(
         # response for the front end (most small responses arrive whole).
         more = bool(chunk) and not (stream.received_end and stream.buffered == 0)
         outcome.sent += len(chunk)
-        await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        body = {"type": "http.response.body", "body": chunk, "more_body": more}
+        await _send_to_user(send, body, cfg.response_idle_timeout)
     if wants_trailers:
         trailers = clean_trailers(stream.trailers or late)
-        await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
+        end = {"type": "http.response.trailers", "headers": trailers, "more_trailers": False}
+        await _send_to_user(send, end, cfg.response_idle_timeout)
+
+
+async def _send_to_user(send: Send, message: Message, idle: float) -> None:
+    """``send`` one message; a user who takes nothing for ``idle`` s loses the response.
+
+    Over HTTP/2 hypercorn's ``send`` waits for the user's flow-control window, which a user who
+    never sends WINDOW_UPDATE keeps shut (RELIABILITY.md rows 8 and 13): give up, so the tunnel
+    stream is reset and the backend sees ``http.disconnect``. A write stuck on a full socket
+    cannot be cancelled from here (hypercorn shields it); the front end's write timeout
+    (:mod:`router._hypercorn_write`) closes that connection instead.
+    """
+    with trio.move_on_after(idle):
+        await send(message)
+        return
+    log.info("user took no response data for %g s: response aborted", idle)
+    raise ClientGone()

@@ -120,19 +120,28 @@ class Registry:
         """
         with trio.move_on_after(self.queue_timeout):
             while True:
-                pool = [
-                    t
-                    for t in self._services.get(service, ())
-                    if not t.connection.draining and (not exclude or t.tunnel_id not in exclude)
-                ]
-                if not pool:
-                    raise NoTunnel(f"no live tunnel for service {service!r}")
-                chosen = pick(pool, self._rng)
+                chosen = self.try_acquire(service, exclude=exclude)
                 if chosen is not None:
-                    chosen.in_flight += 1
                     return chosen
                 await self._slot_freed.wait()
         raise NoTunnel(f"every tunnel of service {service!r} is busy")
+
+    def try_acquire(self, service: str, *, exclude: set[str] | None = None) -> RouterTunnel | None:
+        """A tunnel with a free stream slot right now, or None when every one is full.
+
+        Raises :class:`NoTunnel` (503) when the service has no live tunnel.
+        """
+        pool = [
+            t
+            for t in self._services.get(service, ())
+            if not t.connection.draining and (not exclude or t.tunnel_id not in exclude)
+        ]
+        if not pool:
+            raise NoTunnel(f"no live tunnel for service {service!r}")
+        chosen = pick(pool, self._rng)
+        if chosen is not None:
+            chosen.in_flight += 1
+        return chosen
 
     def release(self, tunnel: RouterTunnel) -> None:
         tunnel.in_flight -= 1

@@ -15,7 +15,7 @@ from ptth.errors import BodyTooLarge, RequestTimeout, TunnelError
 
 from .proxy_common import ClientGone
 
-__all__ = ["REPLAY_LIMIT", "RequestBody", "pump_request", "watch_disconnect"]
+__all__ = ["REPLAY_LIMIT", "RequestBody", "pump_request", "watch_disconnect", "watch_until_stream"]
 
 REPLAY_LIMIT = 64 * 1024  # body bytes kept so a refused stream can be replayed elsewhere
 
@@ -32,18 +32,31 @@ class RequestBody:
         self.total = 0
         self.complete = False
         self.disconnected = False
+        self.messages = 0  # ASGI messages taken from receive
 
-    async def next_chunk(self) -> bytes | None:
-        """The next body chunk, or None at the end; raises ClientGone on disconnect."""
+    async def next_chunk(self, *, keep: bool = False) -> bytes | None:
+        """The next body chunk, or None at the end; raises ClientGone on disconnect.
+
+        ``keep`` keeps the chunk in the replay copy whatever its size (it has not been sent).
+        """
         if self.complete:
             return None
         # A body that stalls (slowloris/RUDY, RELIABILITY.md row 12) must not pin a stream.
         with trio.move_on_after(self.idle_timeout):
             message: Message = await self._receive()
-            return self._take(message)
+            return self._take(message, keep=keep)
         raise RequestTimeout(f"request body stalled for {self.idle_timeout:g} s")
 
-    def _take(self, message: Message) -> bytes | None:
+    async def read_ahead(self) -> None:
+        """Take the first message before any stream exists (the pump sends it first).
+
+        A user who reset the request or left meanwhile is noticed here (ClientGone).
+        """
+        if self.messages == 0:
+            await self.next_chunk(keep=True)
+
+    def _take(self, message: Message, *, keep: bool = False) -> bytes | None:
+        self.messages += 1
         if message["type"] == "http.disconnect":
             self.disconnected = True
             raise ClientGone()
@@ -56,7 +69,7 @@ class RequestBody:
         if self.replay is not None:
             self.replay.append(chunk)
             self.replay_size += len(chunk)
-            if self.replay_size > REPLAY_LIMIT:
+            if self.replay_size > REPLAY_LIMIT and not keep:
                 self.replay = None
         return chunk
 
@@ -66,6 +79,20 @@ class RequestBody:
             if message["type"] == "http.disconnect":
                 self.disconnected = True
                 return
+
+
+async def watch_until_stream(body: RequestBody, scope: trio.CancelScope) -> None:
+    """While the request waits for a tunnel slot: read its first message ahead and, when that
+    completes the body, cancel ``scope`` as soon as the user leaves.
+
+    So a request the user reset at once (Rapid Reset, RELIABILITY.md row 1: HEADERS then
+    RST_STREAM, which hypercorn only reports as ``http.disconnect``) gives up its place in the
+    queue instead of taking a tunnel slot and reaching the backend.
+    """
+    await body.read_ahead()
+    if body.complete:
+        await body.wait_disconnect()
+        scope.cancel()
 
 
 async def watch_disconnect(body: RequestBody, scope: trio.CancelScope) -> None:

@@ -6,13 +6,12 @@ import logging
 from dataclasses import dataclass
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from ptth._address import format_address, parse_address
 from ptth._ws_frames import MAX_MESSAGE_SIZE
 
-from . import _hypercorn_patches, _hypercorn_ws
+from . import _hypercorn_patches, _hypercorn_write, _hypercorn_ws
 from .app import RouterApp
 from .config import RouterConfig
 from .proxy_common import ProxyContext
@@ -63,8 +62,8 @@ class Router:
         """Start the graceful drain; ``serve`` returns when it is done."""
         self._shutdown.set()
 
-    def _hypercorn_config(self) -> HypercornConfig:
-        cfg = HypercornConfig()
+    def _hypercorn_config(self) -> _hypercorn_write.FrontConfig:
+        cfg = _hypercorn_write.FrontConfig()
         cfg.bind = [self.config.http]
         cfg.accesslog = None
         cfg.errorlog = logging.getLogger("router.frontend")
@@ -72,6 +71,8 @@ class Router:
         cfg.keep_alive_timeout = self.config.read_timeout
         cfg.h2_max_concurrent_streams = 100
         cfg.keep_alive_max_requests = 1000
+        # A user who takes no response bytes for this long loses the connection (row 13).
+        cfg.send_timeout = self.config.response_idle_timeout
         # The backend's Server and Date are the ones users should see; the proxy adds a Date
         # only when the backend sent none (RFC 9110 §6.6.1), never a second one.
         cfg.include_server_header = False
@@ -83,6 +84,7 @@ class Router:
         self, *, task_status: trio.TaskStatus[RouterAddresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
         _hypercorn_patches.install()
+        _hypercorn_write.install()
         _hypercorn_ws.install()
         tunnel_host, tunnel_port = parse_address(self.config.tunnel, allow_port_zero=True)
         listeners = await trio.open_tcp_listeners(tunnel_port, host=tunnel_host)
