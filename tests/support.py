@@ -6,13 +6,14 @@ import dataclasses
 import hashlib
 import importlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -84,16 +85,16 @@ class RunningBackend:
         await self.done.wait()
 
 
-async def start_backend(
-    nursery: trio.Nursery, app: ASGIApp, router_addr: str | list[str], **kwargs: Any
+async def start_serving(
+    nursery: trio.Nursery, serve: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any
 ) -> RunningBackend:
-    """Run ``ptth.serve`` in ``nursery``; errors are stored on the handle, not raised."""
+    """Run ``serve(*args, **kwargs)`` in ``nursery``; errors are kept on the handle, not raised."""
     handle = RunningBackend(trio.CancelScope(), trio.Event())
 
     async def run() -> None:
         try:
             with handle.scope:
-                await ptth.serve(app, router_addr, **kwargs)
+                await serve(*args, **kwargs)
         except Exception as exc:
             handle.error = exc
         finally:
@@ -101,6 +102,13 @@ async def start_backend(
 
     nursery.start_soon(run)
     return handle
+
+
+async def start_backend(
+    nursery: trio.Nursery, app: ASGIApp, router_addr: str | list[str], **kwargs: Any
+) -> RunningBackend:
+    """``ptth.serve`` in ``nursery`` (see :func:`start_serving`)."""
+    return await start_serving(nursery, ptth.serve, app, router_addr, **kwargs)
 
 
 # -- sample apps ---------------------------------------------------------------------------
@@ -165,6 +173,68 @@ def deterministic_chunk(index: int, size: int) -> bytes:
 # -- processes -----------------------------------------------------------------------------
 
 
+@dataclass
+class Child:
+    """A child process whose merged stdout/stderr is drained into ``output`` continuously."""
+
+    process: trio.Process
+    output: bytearray = field(default_factory=bytearray)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+    async def drain(self) -> None:
+        assert self.process.stdout is not None
+        async for data in self.process.stdout:
+            self.output += data
+            self.changed.set()
+            self.changed = trio.Event()
+
+    async def wait_for(self, pattern: re.Pattern[bytes], timeout: float = 20) -> re.Match[bytes]:
+        with trio.move_on_after(timeout):
+            while True:
+                match = pattern.search(self.output)
+                if match is not None:
+                    return match
+                if self.process.poll() is not None:
+                    await trio.sleep(0.1)  # let the last output arrive
+                    match = pattern.search(self.output)
+                    if match is not None:
+                        return match
+                    break
+                with trio.move_on_after(0.2):
+                    await self.changed.wait()
+        raise AssertionError(f"{pattern.pattern!r} not seen; child output:\n{self.text()}")
+
+
+@asynccontextmanager
+async def child(nursery: trio.Nursery, *args: str, **env: str) -> AsyncIterator[Child]:
+    """``python *args`` from the repo root; killed and reaped on the way out."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), **env)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, *args],
+        cwd=str(ROOT),
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    handle = Child(process)
+    nursery.start_soon(handle.drain)
+    try:
+        yield handle
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.poll() is None:
+                process.kill()
+            await process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -209,4 +279,5 @@ def require_module(name: str, reason: str) -> ModuleType:
     """``pytest.importorskip`` that refuses to skip in CI: a green CI never hides a test."""
     if os.environ.get("CI") == "true":
         return importlib.import_module(name)
-    return pytest.importorskip(name, reason=reason)
+    module: ModuleType = pytest.importorskip(name, reason=reason)
+    return module

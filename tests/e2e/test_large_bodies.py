@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from tests.e2e.apps_streaming import CHUNK, expected_sha256
-from tests.e2e.test_streaming import RSS_BUDGET, RssMonitor, child, report, wait_routable
-from tests.support import deterministic_chunk
+from tests.e2e.test_streaming import RSS_BUDGET, RssMonitor, report, wait_routable
+from tests.support import child, deterministic_chunk
 
 GiB = 1024**3
 MiB = 1024**2

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +22,7 @@ import pytest
 import trio
 
 from tests.e2e.apps_streaming import DELAY, Progress, expected_sha256, make_app
-from tests.support import ROOT, deterministic_chunk, start_backend, start_router
+from tests.support import Child, child, deterministic_chunk, start_backend, start_router
 
 MiB = 1024 * 1024
 # Peak RSS growth allowed in the router over its warmed-up baseline during a transfer
@@ -38,64 +36,6 @@ _ADDRESS_LINE = re.compile(rb"front end on (http://\S+), tunnel port on (\S+)")
 
 
 # -- subprocess helpers --------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A child process whose merged stdout/stderr is drained into ``output`` continuously."""
-
-    process: trio.Process
-    output: bytearray = field(default_factory=bytearray)
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def text(self) -> str:
-        return self.output.decode("utf-8", "replace")
-
-    async def drain(self) -> None:
-        assert self.process.stdout is not None
-        async for data in self.process.stdout:
-            self.output += data
-            self.changed.set()
-            self.changed = trio.Event()
-
-    async def wait_for(self, pattern: re.Pattern[bytes], timeout: float = 15) -> re.Match[bytes]:
-        with trio.move_on_after(timeout):
-            while True:
-                match = pattern.search(self.output)
-                if match is not None:
-                    return match
-                if self.process.poll() is not None:
-                    break
-                with trio.move_on_after(0.2):
-                    await self.changed.wait()
-        raise AssertionError(f"{pattern.pattern!r} not seen; child output:\n{self.text()}")
-
-
-@asynccontextmanager
-async def child(nursery: trio.Nursery, *args: str) -> AsyncIterator[Child]:
-    """``python *args`` from the repo root; killed and reaped on the way out."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    process = await trio.lowlevel.open_process(
-        [sys.executable, *args],
-        cwd=str(ROOT),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    handle = Child(process)
-    nursery.start_soon(handle.drain)
-    try:
-        yield handle
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.poll() is None:
-                process.kill()
-            await process.wait()
 
 
 @dataclass
