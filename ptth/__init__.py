@@ -3,7 +3,7 @@
     import ptth
     ptth.run(app, "router.example.com:8887", service="api")
 
-See ``ptth.serve`` (async, trio) and ``python -m ptth module:app --router HOST:PORT``. Agent mode
+See ``ptth.serve`` (async: awaitable from asyncio and trio programs alike) and ``python -m ptth module:app --router HOST:PORT``. Agent mode
 forwards to a local server in any language instead: ``ptth.serve_upstream("h2c://127.0.0.1:50051",
 ...)`` or ``python -m ptth --to http://127.0.0.1:3000 --router HOST:PORT``.
 """
@@ -13,13 +13,14 @@ from __future__ import annotations
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
-import trio
+import anyio
 
 from ._agent import serve_upstream
 from ._backend import BackendOptions, serve
 from ._groups import unwrap
-from ._liveness import Liveness
+from ._loop import LOOPS, resolve_loop
 from ._types import ASGIApp
+from .engine import Liveness
 from .errors import (
     ConfigError,
     HandshakeError,
@@ -37,6 +38,7 @@ __all__ = [
     "HandshakeError",
     "HandshakeRefused",
     "LifespanError",
+    "LOOPS",
     "Liveness",
     "PTTHError",
     "StreamReset",
@@ -62,8 +64,10 @@ def run(
     max_concurrent_streams: int = 100,
     weight: float = 1.0,
     options: BackendOptions | None = None,
+    loop: str = "auto",
 ) -> None:
-    """Blocking ``serve``: SIGINT/SIGTERM start a graceful drain, then it returns."""
+    """Blocking ``serve`` on ``loop`` (``auto``: uvloop if installed, else asyncio; or
+    ``asyncio``, ``uvloop``, ``trio``): SIGINT/SIGTERM start a graceful drain, then it returns."""
 
     async def serve_app() -> None:
         await serve(
@@ -79,34 +83,30 @@ def run(
             options=options,
         )
 
-    _run_until_signal(serve_app)
+    _run_until_signal(serve_app, loop)
 
 
-def _run_until_signal(serve_fn: Callable[[], Awaitable[None]]) -> None:
-    """Run ``serve_fn`` under trio; SIGINT/SIGTERM cancel it (it drains), then this returns."""
+def _run_until_signal(serve_fn: Callable[[], Awaitable[None]], loop: str = "auto") -> None:
+    """Run ``serve_fn`` on ``loop``; SIGINT/SIGTERM cancel it (it drains), then this returns."""
+    backend, backend_options = resolve_loop(loop)
 
     async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def serve_then_stop() -> None:
-                    await serve_fn()
-                    nursery.cancel_scope.cancel()
-
-                serve_scope = trio.CancelScope()
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as group:
+                serve_scope = anyio.CancelScope()
 
                 async def serve_task() -> None:
                     with serve_scope:
-                        await serve_then_stop()
-                    nursery.cancel_scope.cancel()
+                        await serve_fn()
+                    group.cancel_scope.cancel()
 
-                nursery.start_soon(serve_task)
+                group.start_soon(serve_task)
                 async for _ in signals:
-                    serve_scope.cancel()  # serve drains, then serve_task ends the nursery
+                    serve_scope.cancel()  # serve drains, then serve_task ends the group
                     break
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
 
     try:
-        trio.run(main)
+        anyio.run(main, backend=backend, backend_options=backend_options)
     except BaseExceptionGroup as group:
         raise unwrap(group, PTTHError) from None

@@ -18,16 +18,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import trio
+import anyio
+import anyio.abc
 
 from ._backend import BackendOptions, resolve_arguments, run_backend
 from ._headers import parse_request_block
-from ._stream import TunnelStream
 from ._upstream_common import send_plain
 from ._upstream_h2 import H2Upstream
 from ._upstream_http import HTTPUpstream
 from ._upstream_url import UpstreamURL, parse_upstream_url
 from ._upstream_ws import relay_websocket
+from .driver import Stream
 from .errors import HeaderError
 
 __all__ = ["Agent", "serve_upstream"]
@@ -43,7 +44,7 @@ class Agent:
     def __init__(
         self,
         target: UpstreamURL,
-        nursery: trio.Nursery,
+        nursery: anyio.abc.TaskGroup,
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
@@ -56,7 +57,7 @@ class Agent:
         else:
             self.http = HTTPUpstream(target, connect_timeout=connect_timeout)
 
-    async def handle(self, stream: TunnelStream) -> None:
+    async def handle(self, stream: Stream) -> None:
         headers = await stream.receive_headers()
         try:
             head = parse_request_block(headers)
@@ -97,7 +98,7 @@ async def serve_upstream(
     max_concurrent_streams: int = 100,
     weight: float = 1.0,
     options: BackendOptions | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Like :func:`ptth.serve`, but every request is forwarded to the server at ``url``.
 
@@ -116,7 +117,7 @@ async def serve_upstream(
         max_concurrent_streams=max_concurrent_streams,
         weight=weight,
     )
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         # The upstream connections must outlive a cancelled serve_upstream while its tunnels
         # drain (in-flight requests still use them), so they live under a shield of their own
         # that is lifted only once run_backend has returned.
@@ -128,15 +129,15 @@ async def serve_upstream(
                 None, addresses, options, handler=agent.handle, task_status=task_status
             )
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await agent.aclose()
             upstream_scope.cancel()
 
 
 async def _shielded_nursery(
-    task_status: trio.TaskStatus[tuple[trio.Nursery, trio.CancelScope]],
+    task_status: anyio.abc.TaskStatus[tuple[anyio.abc.TaskGroup, anyio.CancelScope]],
 ) -> None:
-    with trio.CancelScope(shield=True) as scope:
-        async with trio.open_nursery() as nursery:
+    with anyio.CancelScope(shield=True) as scope:
+        async with anyio.create_task_group() as nursery:
             task_status.started((nursery, scope))
-            await trio.sleep_forever()
+            await anyio.sleep_forever()

@@ -12,13 +12,15 @@ import logging
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import trio
+import anyio
+import anyio.abc
 from h2.errors import ErrorCodes
 
 from ._fields import declared_length, strip_hop_by_hop
 from ._headers import RequestHead, clean_trailers
-from ._stream import Headers, TunnelStream
 from ._types import ASGIApp, Message
+from .driver import Stream
+from .engine import Headers
 from .errors import HeaderError, TunnelError
 
 __all__ = ["build_scope", "log_app_error", "serve_http"]
@@ -82,7 +84,7 @@ class ContentLengthMismatch(RuntimeError):
 class _Responder:
     """The ``send`` side: turns ASGI messages into HEADERS/DATA/trailers on the stream."""
 
-    def __init__(self, stream: TunnelStream, method: str) -> None:
+    def __init__(self, stream: Stream, method: str) -> None:
         self.stream = stream
         self.head_only = method == "HEAD"
         self.status: int | None = None
@@ -166,7 +168,7 @@ class _Responder:
 
 async def serve_http(
     app: ASGIApp,
-    stream: TunnelStream,
+    stream: Stream,
     head: RequestHead,
     *,
     server: tuple[str, int | None] | None = None,
@@ -175,7 +177,7 @@ async def serve_http(
     """Run ``app`` for one request on ``stream``; returns when the exchange is over."""
     scope = build_scope(head, scope_type="http", server=server, root_path=root_path)
     responder = _Responder(stream, head.method)
-    finished = trio.Event()
+    finished = anyio.Event()
     body_done = False
 
     async def receive() -> Message:
@@ -209,7 +211,7 @@ async def serve_http(
         await _abort(responder)
 
 
-def log_app_error(stream: TunnelStream, exc: Exception) -> None:
+def log_app_error(stream: Stream, exc: Exception) -> None:
     """Log what the app raised (call it in the ``except`` block: the traceback comes from there).
 
     A bad header the app sent is one line; anything else is logged with its traceback.

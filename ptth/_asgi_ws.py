@@ -20,13 +20,13 @@ import enum
 from collections import deque
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 from h2.errors import ErrorCodes
 
 from ._asgi_http import build_scope, log_app_error
 from ._fields import strip_hop_by_hop
 from ._headers import RequestHead
-from ._stream import Headers, TunnelStream
 from ._types import ASGIApp, Message
 from ._ws_frames import (
     ABNORMAL_CLOSURE,
@@ -36,6 +36,8 @@ from ._ws_frames import (
     WSClosed,
     WSMessage,
 )
+from .driver import Stream
+from .engine import Headers
 from .errors import HeaderError, TunnelError
 
 __all__ = ["CLOSE_TIMEOUT", "WebSocketDisconnected", "serve_websocket"]
@@ -69,7 +71,7 @@ def _offered_subprotocols(headers: Headers) -> list[str]:
 class _Session:
     """The app's ``receive`` and ``send`` for one WebSocket conversation."""
 
-    def __init__(self, stream: TunnelStream, offered: list[str]) -> None:
+    def __init__(self, stream: Stream, offered: list[str]) -> None:
         self.stream = stream
         self.offered = offered
         self.codec = FrameCodec(client=False)
@@ -81,8 +83,8 @@ class _Session:
         self.response_headers_sent = False
         self.status = 0
         self.response_fields: Headers = []
-        self._write_lock = trio.Lock()
-        self._read_lock = trio.Lock()
+        self._write_lock = anyio.Lock()
+        self._read_lock = anyio.Lock()
 
     # -- receive ----------------------------------------------------------------------------
 
@@ -242,7 +244,7 @@ class _Session:
             self.state = _State.CLOSED
             await self._write(self.codec.send_close(code), end=True)
         if self.codec.close_sent and self.disconnect is None:
-            with trio.move_on_after(CLOSE_TIMEOUT):
+            with anyio.move_on_after(CLOSE_TIMEOUT):
                 while self.disconnect is None and not self.pending_close():
                     await self._read_more()
 
@@ -252,7 +254,7 @@ class _Session:
 
 async def serve_websocket(
     app: ASGIApp,
-    stream: TunnelStream,
+    stream: Stream,
     head: RequestHead,
     *,
     server: tuple[str, int | None] | None = None,

@@ -16,21 +16,20 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import trio
+import anyio
+import anyio.abc
 
 from ._address import parse_address
 from ._asgi_http import serve_http
 from ._asgi_ws import serve_websocket
 from ._backoff import Backoff
 from ._groups import unwrap
-from ._h2 import H2Settings
 from ._handshake import ClientHandshake, Registration
 from ._headers import parse_request_block
 from ._lifespan import Lifespan
-from ._liveness import Liveness
-from ._stream import TunnelStream
-from ._tunnel import StreamHandler, TunnelConnection
 from ._types import ASGIApp
+from .driver import Connection, Stream, StreamHandler
+from .engine import Liveness, Settings
 from .errors import ConfigError, HandshakeError, HandshakeRefused, HeaderError, PTTHError
 
 __all__ = ["BackendOptions", "parse_address", "resolve_arguments", "run_backend", "serve"]
@@ -90,10 +89,10 @@ class _Backend:
             self.registration.validate()
         except HandshakeError as exc:
             raise ConfigError(str(exc)) from None
-        self.tunnels: set[TunnelConnection] = set()
+        self.tunnels: set[Connection] = set()
         self.draining = False
         self.rng = random.Random()
-        self.connected = trio.Event()
+        self.connected = anyio.Event()
 
     async def _connector(self, host: str, port: int, slot: int) -> None:
         opts = self.options
@@ -113,39 +112,39 @@ class _Backend:
                     )
                     raise
                 log.warning("router %s:%d: %s %s; retrying", host, port, exc.status, exc.reason)
-            except (OSError, PTTHError, trio.BrokenResourceError) as exc:
+            except (OSError, PTTHError, anyio.BrokenResourceError) as exc:
                 log.warning("router %s:%d: %s", host, port, exc)
             except Exception:
                 log.exception("router %s:%d: unexpected error; reconnecting", host, port)
-            backoff.disconnected(trio.current_time())
+            backoff.disconnected(anyio.current_time())
             if self.draining:
                 return
             delay = backoff.next_delay(self.rng)
             log.info("reconnecting to %s:%d in %.2f s", host, port, delay)
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
 
     async def _connect_once(self, host: str, port: int, slot: int, backoff: Backoff) -> None:
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            sock = await trio.open_tcp_stream(host, port)
+        with anyio.fail_after(HANDSHAKE_TIMEOUT):
+            sock = await anyio.connect_tcp(host, port)
         try:
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             handshake = ClientHandshake(self.registration, authority)
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
-                await sock.send_all(handshake.request_bytes())
+            with anyio.fail_after(HANDSHAKE_TIMEOUT):
+                await sock.send(handshake.request_bytes())
                 accepted = None
                 while accepted is None:
                     accepted = handshake.receive(await sock.receive_some(65536))
-        except trio.TooSlowError:
-            await trio.aclose_forcefully(sock)
+        except TimeoutError:
+            await anyio.aclose_forcefully(sock)
             raise HandshakeError("router did not answer the handshake in time") from None
         except BaseException:
-            await trio.aclose_forcefully(sock)
+            await anyio.aclose_forcefully(sock)
             raise
-        tunnel = TunnelConnection(
+        tunnel = Connection(
             sock,
             client_side=False,
             tunnel_id=accepted.tunnel_id,
-            settings=H2Settings(max_concurrent_streams=self.options.max_concurrent_streams),
+            settings=Settings(max_concurrent_streams=self.options.max_concurrent_streams),
             liveness=self.options.liveness,
             on_stream=self.handler or self._handle_stream,
             initial_data=accepted.trailing,
@@ -158,9 +157,9 @@ class _Backend:
             self.options.service,
         )
         self.tunnels.add(tunnel)
-        backoff.connected(trio.current_time())
+        backoff.connected(anyio.current_time())
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 await nursery.start(tunnel.run)
                 self.connected.set()
                 if self.draining:
@@ -169,7 +168,7 @@ class _Backend:
             self.tunnels.discard(tunnel)
             log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel._closed)
 
-    async def _handle_stream(self, stream: TunnelStream) -> None:
+    async def _handle_stream(self, stream: Stream) -> None:
         assert self.app is not None
         headers = await stream.receive_headers()
         try:
@@ -189,38 +188,38 @@ class _Backend:
     async def drain(self) -> None:
         """GOAWAY on every tunnel and wait (bounded) until they are idle."""
         self.draining = True
-        with trio.move_on_after(self.options.drain_timeout):
-            async with trio.open_nursery() as nursery:
+        with anyio.move_on_after(self.options.drain_timeout):
+            async with anyio.create_task_group() as nursery:
                 for tunnel in list(self.tunnels):
                     nursery.start_soon(tunnel.drain, self.options.drain_timeout)
 
-    async def run(self, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         if self.app is None:  # agent mode: the upstream server has its own lifecycle
             await self._serve_tunnels(task_status)
             return
         lifespan = Lifespan(self.app)
-        async with trio.open_nursery() as lifespan_nursery:
+        async with anyio.create_task_group() as lifespan_nursery:
             try:
                 await lifespan.startup(lifespan_nursery)
                 try:
                     await self._serve_tunnels(task_status)
                 finally:
                     # Shielded: cancelling `serve` must still run the app's shutdown.
-                    with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(30):
                         await lifespan.shutdown()
             finally:
                 lifespan.close()  # the app's lifespan task is shielded from our cancellation
                 lifespan_nursery.cancel_scope.cancel()
 
-    async def _serve_tunnels(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _serve_tunnels(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         # Connectors and the requests they serve live under a shielded scope: cancelling
         # `serve` must drain them, not kill in-flight requests.
-        work = trio.CancelScope(shield=True)
-        async with trio.open_nursery() as outer:
+        work = anyio.CancelScope(shield=True)
+        async with anyio.create_task_group() as outer:
 
             async def run_connectors() -> None:
                 with work:
-                    async with trio.open_nursery() as nursery:
+                    async with anyio.create_task_group() as nursery:
                         for host, port in self.addresses:
                             for slot in range(self.options.connections):
                                 nursery.start_soon(self._connector, host, port, slot)
@@ -229,14 +228,14 @@ class _Backend:
             outer.start_soon(run_connectors)
             task_status.started()
             try:
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
             finally:
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await self.drain()
                     work.cancel()
 
 
-async def _answer(stream: TunnelStream, status: int, text: str) -> None:
+async def _answer(stream: Stream, status: int, text: str) -> None:
     """The backend's own short answer, for a stream no app can serve."""
     body = f"{text}\n".encode()
     await stream.send_headers(
@@ -257,7 +256,7 @@ async def serve(
     max_concurrent_streams: int = 100,
     weight: float = 1.0,
     options: BackendOptions | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` through tunnels to ``router_addr`` until cancelled (then drain and return).
 
@@ -320,7 +319,7 @@ async def run_backend(
     options: BackendOptions,
     *,
     handler: StreamHandler | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The engine behind ``serve`` and agent mode: ``app`` or ``handler`` serves each stream."""
     backend = _Backend(app, [parse_address(a) for a in addresses], options, handler=handler)

@@ -1,8 +1,8 @@
-"""Unwrap trio's exception groups at the edges where callers branch on one error type."""
+"""Unwrap exception groups at the edges where callers branch on one error type."""
 
 from __future__ import annotations
 
-import trio
+import anyio
 
 __all__ = ["leaves", "unwrap"]
 
@@ -24,7 +24,8 @@ def unwrap(group: BaseExceptionGroup[BaseException], prefer: type[BaseException]
     for leaf in found:
         if isinstance(leaf, prefer):
             return leaf
-    meaningful = [leaf for leaf in found if not isinstance(leaf, trio.Cancelled)]
+    cancelled = anyio.get_cancelled_exc_class()
+    meaningful = [leaf for leaf in found if not isinstance(leaf, cancelled)]
     if len(meaningful) == 1:
         return meaningful[0]
     return group

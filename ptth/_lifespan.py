@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 
 from ._types import ASGIApp, Message
 from .errors import LifespanError
@@ -27,14 +28,14 @@ class Lifespan:
         self.timeout = timeout
         self.supported = True
         self.state: dict[str, Any] = {}
-        self._to_app_send, self._to_app_recv = trio.open_memory_channel[Message](2)
-        self._from_app_send, self._from_app_recv = trio.open_memory_channel[Message](2)
-        self._app_done = trio.Event()
+        self._to_app_send, self._to_app_recv = anyio.create_memory_object_stream[Message](2)
+        self._from_app_send, self._from_app_recv = anyio.create_memory_object_stream[Message](2)
+        self._app_done = anyio.Event()
         self._received = False
         self._error: Exception | None = None
         # The app's lifespan task must outlive a cancellation of ``serve`` long enough to hear
         # lifespan.shutdown, so it runs shielded and only ``close()`` cancels it.
-        self._app_scope = trio.CancelScope(shield=True)
+        self._app_scope = anyio.CancelScope(shield=True)
 
     async def _receive(self) -> Message:
         self._received = True
@@ -60,10 +61,10 @@ class Lifespan:
 
     async def _exchange(self, message_type: str) -> None:
         await self._to_app_send.send({"type": message_type})
-        with trio.move_on_after(self.timeout) as scope:
+        with anyio.move_on_after(self.timeout) as scope:
             while True:
                 answer: Message | None = None
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
 
                     async def wait_answer() -> None:
                         nonlocal answer
@@ -91,7 +92,7 @@ class Lifespan:
         if scope.cancelled_caught:
             raise LifespanError(f"{message_type} timed out after {self.timeout} s")
 
-    async def startup(self, nursery: trio.Nursery) -> None:
+    async def startup(self, nursery: anyio.abc.TaskGroup) -> None:
         nursery.start_soon(self._run)
         await self._exchange("lifespan.startup")
 

@@ -14,11 +14,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
-import trio
+import anyio
+import anyio.abc
 from h2.errors import ErrorCodes
 
 from ._groups import unwrap
-from ._stream import TunnelStream
+from .driver import Stream
 from .errors import TunnelError
 
 __all__ = [
@@ -55,7 +56,7 @@ class Progress:
     headers_sent = False
 
 
-async def send_plain(stream: TunnelStream, status: int, text: str) -> None:
+async def send_plain(stream: Stream, status: int, text: str) -> None:
     """A short plain-text answer (the agent's own error responses), best effort."""
     body = f"{text}\n".encode()
     try:
@@ -71,7 +72,7 @@ async def send_plain(stream: TunnelStream, status: int, text: str) -> None:
         pass
 
 
-async def fail_relay(stream: TunnelStream, error: RelayError, *, headers_sent: bool) -> None:
+async def fail_relay(stream: Stream, error: RelayError, *, headers_sent: bool) -> None:
     """Answer for a relay that failed: 502 before the response started, RST_STREAM after."""
     tunnel_id = stream.tunnel.tunnel_id
     if isinstance(error, DownstreamGone):
@@ -81,12 +82,12 @@ async def fail_relay(stream: TunnelStream, error: RelayError, *, headers_sent: b
     if not headers_sent:
         await send_plain(stream, 502, f"Bad Gateway: {error}")
         return
-    with trio.CancelScope(shield=True):
+    with anyio.CancelScope(shield=True):
         await stream.reset(ErrorCodes.INTERNAL_ERROR)
 
 
 @asynccontextmanager
-async def relaying(stream: TunnelStream, progress: Progress) -> AsyncIterator[None]:
+async def relaying(stream: Stream, progress: Progress) -> AsyncIterator[None]:
     """Around one relayed exchange: the :class:`RelayError` it ends with, alone or out of a
     nursery's group, is answered by :func:`fail_relay`; any other error propagates."""
     try:
@@ -107,14 +108,14 @@ async def downstream(operation: Awaitable[None]) -> None:
         raise DownstreamGone(str(exc)) from None
 
 
-async def watch_downstream(stream: TunnelStream) -> None:
+async def watch_downstream(stream: Stream) -> None:
     """Raise :class:`DownstreamGone` once the tunnel stream fails; run it beside the exchange."""
     while stream.error is None:
         await stream.wait_changed()
     raise DownstreamGone(str(stream.error))
 
 
-async def receive_downstream(stream: TunnelStream) -> bytes:
+async def receive_downstream(stream: Stream) -> bytes:
     """The next chunk of the tunnel stream (b"" at its end); raises :class:`DownstreamGone`."""
     try:
         return await stream.receive_data()

@@ -1,6 +1,6 @@
 """Agent mode, ``h2c://`` upstream: relay tunnel streams onto HTTP/2 streams to a local server.
 
-The upstream connections are the router's own h2 client, :class:`TunnelConnection` with
+The upstream connections are the router's own h2 client, :class:`Connection` with
 ``client_side=True``, over a plain TCP stream: it sends the connection preface itself (prior
 knowledge, RFC 9113 §3.3), so there is no handshake. A small pool keeps a few of them, opened
 lazily, replaced when they close or drain (GOAWAY), and grown only when every open one is at the
@@ -18,13 +18,10 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
-import trio
+import anyio
+import anyio.abc
 
-from ._h2 import H2Settings
 from ._headers import clean_trailers, from_tunnel_response
-from ._liveness import Liveness
-from ._stream import Headers, TunnelStream
-from ._tunnel import TunnelConnection
 from ._upstream_common import (
     Progress,
     UpstreamFailed,
@@ -34,6 +31,8 @@ from ._upstream_common import (
     watch_downstream,
 )
 from ._upstream_url import UpstreamURL
+from .driver import Connection, Stream
+from .engine import Headers, Liveness, Settings
 from .errors import HeaderError, TunnelError
 
 __all__ = ["H2Upstream"]
@@ -55,24 +54,24 @@ class H2Upstream:
     def __init__(
         self,
         target: UpstreamURL,
-        nursery: trio.Nursery,
+        nursery: anyio.abc.TaskGroup,
         *,
         connect_timeout: float = 10.0,
         max_connections: int = MAX_CONNECTIONS,
-        settings: H2Settings | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
         self._nursery = nursery
-        self._settings = settings or H2Settings()
-        self._connections: list[TunnelConnection] = []
-        self._connect_lock = trio.Lock()
+        self._settings = settings or Settings()
+        self._connections: list[Connection] = []
+        self._connect_lock = anyio.Lock()
         self._ids = itertools.count(1)
 
     # -- the pool ------------------------------------------------------------------------------
 
-    async def acquire(self) -> TunnelConnection:
+    async def acquire(self) -> Connection:
         """A connection with room for one more stream; raises UpstreamFailed if none can be had."""
         while True:
             self._prune()
@@ -86,15 +85,15 @@ class H2Upstream:
                         self._connections.append(await self._connect())
                 continue
             # Every connection is full: wait for a stream to finish somewhere.
-            with trio.move_on_after(0.05):
+            with anyio.move_on_after(0.05):
                 await self._connections[0].wait_streams_changed()
 
     @staticmethod
-    def _has_room(conn: TunnelConnection) -> bool:
+    def _has_room(conn: Connection) -> bool:
         return conn.open_streams < conn.peer_max_concurrent_streams
 
     def _prune(self) -> None:
-        keep: list[TunnelConnection] = []
+        keep: list[Connection] = []
         for conn in self._connections:
             if not conn.draining:
                 keep.append(conn)
@@ -103,14 +102,14 @@ class H2Upstream:
                 self._nursery.start_soon(conn.drain, 30.0)
         self._connections = keep
 
-    async def _connect(self) -> TunnelConnection:
+    async def _connect(self) -> Connection:
         name = f"{self.target}#{next(self._ids)}"
         try:
-            with trio.fail_after(self.connect_timeout):
-                sock = await trio.open_tcp_stream(self.target.host, self.target.port)
-        except (OSError, trio.TooSlowError) as exc:
+            with anyio.fail_after(self.connect_timeout):
+                sock = await anyio.connect_tcp(self.target.host, self.target.port)
+        except (OSError, TimeoutError) as exc:
             raise UpstreamFailed(f"cannot connect to {self.target}: {_describe(exc)}") from None
-        conn = TunnelConnection(
+        conn = Connection(
             sock,
             client_side=True,
             tunnel_id=name,
@@ -120,7 +119,7 @@ class H2Upstream:
         await self._nursery.start(_run_quietly, conn)
         # Its SETTINGS prove the upstream speaks HTTP/2 (an HTTP/1.1 server answers the preface
         # with an error and closes) and tell us its stream limit before we use it.
-        with trio.move_on_after(self.connect_timeout) as waiting:
+        with anyio.move_on_after(self.connect_timeout) as waiting:
             await _settings_or_close(conn)
         if conn.closed or waiting.cancelled_caught:
             await conn.aclose()
@@ -135,14 +134,14 @@ class H2Upstream:
 
     # -- one stream ----------------------------------------------------------------------------
 
-    async def relay(self, stream: TunnelStream, headers: Headers) -> None:
+    async def relay(self, stream: Stream, headers: Headers) -> None:
         """Forward ``stream`` (whose request block is ``headers``) and its response back."""
-        up: TunnelStream | None = None
+        up: Stream | None = None
         progress = _Progress(extended_connect=any(n == b":protocol" for n, _ in headers))
         try:
             async with relaying(stream, progress):
                 up = await self._open(stream, headers, progress)
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     if progress.request_done:
                         nursery.start_soon(watch_downstream, stream)
                     else:
@@ -151,12 +150,12 @@ class H2Upstream:
                     nursery.cancel_scope.cancel()
         finally:
             if up is not None:
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await up.aclose()
 
     async def _open(
-        self, stream: TunnelStream, headers: Headers, progress: _Progress
-    ) -> TunnelStream:
+        self, stream: Stream, headers: Headers, progress: _Progress
+    ) -> Stream:
         ended = stream.received_end and stream.buffered == 0
         for attempt in range(ATTEMPTS):
             conn = await self.acquire()
@@ -180,7 +179,7 @@ class _Progress(Progress):
         self.headers_sent = False
 
 
-async def _pump_request(src: TunnelStream, up: TunnelStream, progress: _Progress) -> None:
+async def _pump_request(src: Stream, up: Stream, progress: _Progress) -> None:
     """Tunnel → upstream: body, then trailers or END_STREAM; then watch for a reset."""
     while chunk := await receive_downstream(src):
         try:
@@ -197,7 +196,7 @@ async def _pump_request(src: TunnelStream, up: TunnelStream, progress: _Progress
         # closing handshake is done. Wait for that before sending END_STREAM, because hypercorn
         # forgets such a stream as soon as it answered the Close frame and then fails its whole
         # connection on the empty DATA frame that carries our END_STREAM.
-        with trio.move_on_after(WS_CLOSE_LINGER):
+        with anyio.move_on_after(WS_CLOSE_LINGER):
             while not up.received_end and up.error is None:
                 await up.wait_changed()
     if up.received_end and not trailers:
@@ -215,7 +214,7 @@ async def _pump_request(src: TunnelStream, up: TunnelStream, progress: _Progress
     await watch_downstream(src)
 
 
-async def _relay_response(up: TunnelStream, stream: TunnelStream, progress: _Progress) -> None:
+async def _relay_response(up: Stream, stream: Stream, progress: _Progress) -> None:
     """Upstream → tunnel: final headers, body, trailers (1xx responses are not relayed)."""
     try:
         headers = await up.receive_headers()
@@ -252,7 +251,7 @@ async def _relay_response(up: TunnelStream, stream: TunnelStream, progress: _Pro
         await downstream(stream.end())
 
 
-async def _run_quietly(conn: TunnelConnection, task_status: trio.TaskStatus[None]) -> None:
+async def _run_quietly(conn: Connection, task_status: anyio.abc.TaskStatus[None]) -> None:
     """Run an upstream connection; its loss is reported to the streams on it, not raised here."""
     try:
         await conn.run(task_status=task_status)
@@ -264,8 +263,8 @@ async def _run_quietly(conn: TunnelConnection, task_status: trio.TaskStatus[None
             pass  # it had started
 
 
-async def _settings_or_close(conn: TunnelConnection) -> None:
-    async with trio.open_nursery() as nursery:
+async def _settings_or_close(conn: Connection) -> None:
+    async with anyio.create_task_group() as nursery:
 
         async def first(wait: Callable[[], Awaitable[None]]) -> None:
             await wait()
@@ -276,6 +275,6 @@ async def _settings_or_close(conn: TunnelConnection) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, trio.TooSlowError):
+    if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
+import anyio.abc
 import httpx
-import trio
 
 from ._fields import strip_hop_by_hop
 from ._headers import RequestHead
-from ._stream import Headers, TunnelStream
 from ._upstream_common import (
     Progress,
     UpstreamFailed,
@@ -32,6 +32,8 @@ from ._upstream_common import (
     watch_downstream,
 )
 from ._upstream_url import UpstreamURL
+from .driver import Stream
+from .engine import Headers
 from .errors import HeaderError
 
 __all__ = ["HTTPUpstream"]
@@ -61,7 +63,7 @@ class HTTPUpstream:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    def build_request(self, stream: TunnelStream, head: RequestHead) -> httpx.Request:
+    def build_request(self, stream: Stream, head: RequestHead) -> httpx.Request:
         url = httpx.URL(
             scheme="http", host=self.target.host, port=self.target.port, raw_path=head.raw_path
         )
@@ -72,20 +74,20 @@ class HTTPUpstream:
         content = None if no_body else _request_body(stream)
         return httpx.Request(head.method, url, headers=headers, content=content)
 
-    async def relay(self, stream: TunnelStream, head: RequestHead) -> None:
+    async def relay(self, stream: Stream, head: RequestHead) -> None:
         try:
             request = self.build_request(stream, head)
         except (httpx.InvalidURL, ValueError) as exc:  # e.g. "OPTIONS *": httpx has no form
             await send_plain(stream, 501, f"cannot forward this request target: {exc}")
             return
         progress = Progress()
-        async with relaying(stream, progress), trio.open_nursery() as nursery:
+        async with relaying(stream, progress), anyio.create_task_group() as nursery:
             nursery.start_soon(watch_downstream, stream)
             await self._exchange(request, stream, progress)
             nursery.cancel_scope.cancel()
 
     async def _exchange(
-        self, request: httpx.Request, stream: TunnelStream, progress: Progress
+        self, request: httpx.Request, stream: Stream, progress: Progress
     ) -> None:
         try:
             response = await self.client.send(request, stream=True)
@@ -109,11 +111,11 @@ class HTTPUpstream:
                 ) from None
             await downstream(stream.end())
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await response.aclose()
 
 
-async def _request_body(stream: TunnelStream) -> AsyncIterator[bytes]:
+async def _request_body(stream: Stream) -> AsyncIterator[bytes]:
     while chunk := await receive_downstream(stream):
         yield chunk
 

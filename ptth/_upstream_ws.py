@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 
-import trio
+import anyio
+import anyio.abc
 import wsproto.utilities
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, Event, RejectConnection, RejectData, Request
@@ -24,7 +25,6 @@ from wsproto.handshake import H11Handshake
 
 from ._fields import strip_hop_by_hop
 from ._headers import RequestHead
-from ._stream import Headers, TunnelStream
 from ._upstream_common import (
     Progress,
     UpstreamFailed,
@@ -34,6 +34,8 @@ from ._upstream_common import (
     watch_downstream,
 )
 from ._upstream_url import UpstreamURL
+from .driver import Stream
+from .engine import Headers
 from .errors import HeaderError
 
 __all__ = ["relay_websocket"]
@@ -57,21 +59,21 @@ _NOT_FORWARDED = frozenset(
 
 
 async def relay_websocket(
-    target: UpstreamURL, stream: TunnelStream, head: RequestHead, *, connect_timeout: float
+    target: UpstreamURL, stream: Stream, head: RequestHead, *, connect_timeout: float
 ) -> None:
     """Serve one extended CONNECT stream by an HTTP/1.1 WebSocket connection to ``target``."""
     progress = Progress()
-    sock: trio.SocketStream | None = None
+    sock: anyio.abc.ByteStream | None = None
     try:
         async with relaying(stream, progress):
             try:
-                with trio.fail_after(connect_timeout):
-                    sock = await trio.open_tcp_stream(target.host, target.port)
-            except (OSError, trio.TooSlowError) as exc:
+                with anyio.fail_after(connect_timeout):
+                    sock = await anyio.connect_tcp(target.host, target.port)
+            except (OSError, TimeoutError) as exc:
                 reason = exc or "timed out"
                 raise UpstreamFailed(f"{target}: upstream unreachable ({reason})") from None
             # Nobody reads the tunnel stream during the handshake: watch it for a reset.
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(watch_downstream, stream)
                 rest = await _handshake(sock, stream, head, progress)
                 nursery.cancel_scope.cancel()
@@ -79,7 +81,7 @@ async def relay_websocket(
                 await _pipe(sock, stream, rest)
     finally:
         if sock is not None:
-            await trio.aclose_forcefully(sock)
+            await anyio.aclose_forcefully(sock)
 
 
 def _offer(head: RequestHead) -> Request:
@@ -98,7 +100,7 @@ def _offer(head: RequestHead) -> Request:
     )
 
 
-async def _read_head(sock: trio.SocketStream, buffer: bytearray) -> bytes:
+async def _read_head(sock: anyio.abc.ByteStream, buffer: bytearray) -> bytes:
     """One response head (up to CRLF CRLF) off ``buffer``/the socket; the rest stays buffered."""
     while (end := buffer.find(b"\r\n\r\n")) < 0:
         if len(buffer) > MAX_HEAD:
@@ -113,7 +115,7 @@ async def _read_head(sock: trio.SocketStream, buffer: bytearray) -> bytes:
 
 
 async def _handshake(
-    sock: trio.SocketStream, stream: TunnelStream, head: RequestHead, progress: Progress
+    sock: anyio.abc.ByteStream, stream: Stream, head: RequestHead, progress: Progress
 ) -> bytes | None:
     """The Upgrade exchange; returns bytes already read past the 101, or None if refused."""
     handshake = H11Handshake(ConnectionType.CLIENT)
@@ -138,8 +140,8 @@ async def _handshake(
 
 
 async def _relay_refusal(
-    sock: trio.SocketStream,
-    stream: TunnelStream,
+    sock: anyio.abc.ByteStream,
+    stream: Stream,
     handshake: H11Handshake,
     refusal: RejectConnection,
     events: list[Event],
@@ -186,11 +188,11 @@ def _response_fields(headers: Headers, *, drop: frozenset[bytes] | set[bytes]) -
     return [(n, v) for n, v in fields if n not in drop and n != b"sec-websocket-accept"]
 
 
-async def _pipe(sock: trio.SocketStream, stream: TunnelStream, rest: bytes) -> None:
+async def _pipe(sock: anyio.abc.ByteStream, stream: Stream, rest: bytes) -> None:
     """Bytes both ways until both directions ended (or one ended and the other lingered)."""
-    up_done, down_done, any_done = trio.Event(), trio.Event(), trio.Event()
+    up_done, down_done, any_done = anyio.Event(), anyio.Event(), anyio.Event()
 
-    def done(event: trio.Event) -> None:
+    def done(event: anyio.Event) -> None:
         event.set()
         any_done.set()
 
@@ -207,31 +209,31 @@ async def _pipe(sock: trio.SocketStream, stream: TunnelStream, rest: bytes) -> N
             await _send(sock, data)
         try:
             await sock.send_eof()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         done(down_done)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(upstream_to_tunnel)
         nursery.start_soon(tunnel_to_upstream)
         await any_done.wait()
         # One side closed; a well-behaved peer closes the other soon (the WebSocket closing
         # handshake is already over by then), a stuck one is not waited for.
-        with trio.move_on_after(CLOSE_LINGER):
+        with anyio.move_on_after(CLOSE_LINGER):
             await up_done.wait()
             await down_done.wait()
         nursery.cancel_scope.cancel()
 
 
-async def _receive(sock: trio.SocketStream) -> bytes:
+async def _receive(sock: anyio.abc.ByteStream) -> bytes:
     try:
         return await sock.receive_some(RECEIVE_SIZE)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
         raise UpstreamFailed(f"upstream connection lost: {exc}") from None
 
 
-async def _send(sock: trio.SocketStream, data: bytes) -> None:
+async def _send(sock: anyio.abc.ByteStream, data: bytes) -> None:
     try:
-        await sock.send_all(data)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await sock.send(data)
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
         raise UpstreamFailed(f"upstream connection lost: {exc}") from None
