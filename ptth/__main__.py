@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from . import BackendOptions, _run_until_signal, run, serve_upstream
+from ._loop import LOOPS
 from ._types import ASGIApp
 from ._upstream_url import parse_upstream_url
 from .errors import ConfigError, PTTHError
@@ -109,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to finish in-flight requests on shutdown (default 30)",
     )
     p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=os.environ.get("PTTH_LOOP", "auto"),
+        help="event loop to run the app on: auto (uvloop if installed, else asyncio), asyncio, "
+        "uvloop or trio (env PTTH_LOOP; default auto)",
+    )
+    p.add_argument(
         "--log-level",
         default=os.environ.get("PTTH_LOG_LEVEL", "INFO"),
         help="logging level (default INFO)",
@@ -147,9 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             async def agent() -> None:
                 await serve_upstream(url, routers, options=options)
 
-            _run_until_signal(agent)
+            _run_until_signal(agent, args.loop)
         else:
-            run(load_app(args.app), routers, options=options)
+            run(load_app(args.app), routers, options=options, loop=args.loop)
     except PTTHError as exc:
         print(f"ptth: {exc}", file=sys.stderr)
         return 2

@@ -62,7 +62,7 @@ class Agent:
         try:
             head = parse_request_block(headers)
         except HeaderError as exc:
-            log.warning("tunnel %s: bad request block: %s", stream.tunnel.tunnel_id, exc)
+            log.warning("tunnel %s: bad request block: %s", stream.tunnel_id, exc)
             await send_plain(stream, 400, str(exc))
             return
         if self.h2 is not None:

@@ -206,7 +206,7 @@ async def serve_http(
         stream.wake()
     if not responder.complete and not responder.gone:
         log.warning(
-            "tunnel %s: app returned without completing the response", stream.tunnel.tunnel_id
+            "tunnel %s: app returned without completing the response", stream.tunnel_id
         )
         await _abort(responder)
 
@@ -217,9 +217,9 @@ def log_app_error(stream: Stream, exc: Exception) -> None:
     A bad header the app sent is one line; anything else is logged with its traceback.
     """
     if isinstance(exc, HeaderError):
-        log.warning("tunnel %s: app sent a bad header: %s", stream.tunnel.tunnel_id, exc)
+        log.warning("tunnel %s: app sent a bad header: %s", stream.tunnel_id, exc)
     else:
-        log.exception("tunnel %s: ASGI app raised", stream.tunnel.tunnel_id)
+        log.exception("tunnel %s: ASGI app raised", stream.tunnel_id)
 
 
 async def _abort(responder: _Responder) -> None:

@@ -112,7 +112,7 @@ class _Backend:
                     )
                     raise
                 log.warning("router %s:%d: %s %s; retrying", host, port, exc.status, exc.reason)
-            except (OSError, PTTHError, anyio.BrokenResourceError) as exc:
+            except (OSError, PTTHError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
                 log.warning("router %s:%d: %s", host, port, exc)
             except Exception:
                 log.exception("router %s:%d: unexpected error; reconnecting", host, port)
@@ -133,7 +133,11 @@ class _Backend:
                 await sock.send(handshake.request_bytes())
                 accepted = None
                 while accepted is None:
-                    accepted = handshake.receive(await sock.receive_some(65536))
+                    try:
+                        data = await sock.receive(65536)
+                    except anyio.EndOfStream:
+                        data = b""  # the handshake parser reports the close
+                    accepted = handshake.receive(data)
         except TimeoutError:
             await anyio.aclose_forcefully(sock)
             raise HandshakeError("router did not answer the handshake in time") from None
@@ -166,7 +170,7 @@ class _Backend:
                     nursery.start_soon(tunnel.drain, self.options.drain_timeout)
         finally:
             self.tunnels.discard(tunnel)
-            log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel._closed)
+            log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel.close_reason)
 
     async def _handle_stream(self, stream: Stream) -> None:
         assert self.app is not None
@@ -174,7 +178,7 @@ class _Backend:
         try:
             head = parse_request_block(headers)
         except HeaderError as exc:
-            log.warning("tunnel %s: bad request block: %s", stream.tunnel.tunnel_id, exc)
+            log.warning("tunnel %s: bad request block: %s", stream.tunnel_id, exc)
             await _answer(stream, 400, str(exc))
             return
         if head.protocol == "websocket":  # RFC 8441 extended CONNECT

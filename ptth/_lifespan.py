@@ -104,3 +104,10 @@ class Lifespan:
         """Cancel the app's lifespan task (after shutdown, or when startup never finished)."""
         self._app_scope.shield = False
         self._app_scope.cancel()
+        for end in (
+            self._to_app_send,
+            self._to_app_recv,
+            self._from_app_send,
+            self._from_app_recv,
+        ):
+            end.close()

@@ -74,7 +74,7 @@ async def send_plain(stream: Stream, status: int, text: str) -> None:
 
 async def fail_relay(stream: Stream, error: RelayError, *, headers_sent: bool) -> None:
     """Answer for a relay that failed: 502 before the response started, RST_STREAM after."""
-    tunnel_id = stream.tunnel.tunnel_id
+    tunnel_id = stream.tunnel_id
     if isinstance(error, DownstreamGone):
         log.debug("tunnel %s: stream %d gone: %s", tunnel_id, stream.stream_id, error)
         return

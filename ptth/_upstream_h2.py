@@ -190,7 +190,7 @@ async def _pump_request(src: Stream, up: Stream, progress: _Progress) -> None:
     try:
         trailers = clean_trailers(src.trailers or [])
     except HeaderError as exc:
-        log.warning("tunnel %s: dropping bad request trailers: %s", src.tunnel.tunnel_id, exc)
+        log.warning("tunnel %s: dropping bad request trailers: %s", src.tunnel_id, exc)
     if progress.extended_connect and not up.received_end:
         # A WebSocket (RFC 8441) whose client side ended: the server closes its side once the
         # closing handshake is done. Wait for that before sending END_STREAM, because hypercorn

@@ -227,7 +227,9 @@ async def _pipe(sock: anyio.abc.ByteStream, stream: Stream, rest: bytes) -> None
 
 async def _receive(sock: anyio.abc.ByteStream) -> bytes:
     try:
-        return await sock.receive_some(RECEIVE_SIZE)
+        return await sock.receive(RECEIVE_SIZE)
+    except anyio.EndOfStream:
+        return b""
     except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
         raise UpstreamFailed(f"upstream connection lost: {exc}") from None
 

@@ -523,6 +523,11 @@ class Connection:
     async def aclose(self) -> None:
         await self.close(ErrorCodes.NO_ERROR, "closed")
 
+    async def abort(self) -> None:
+        """Drop the byte stream at once, with no GOAWAY (the peer sees the connection lost)."""
+        self._dispatch(self.engine.connection_lost("connection aborted"))
+        await anyio.aclose_forcefully(self._socket)
+
 
 async def linger_close(stream: anyio.abc.ByteStream, *, timeout: float) -> None:
     """Half-close, then read (and ignore) until the peer closes, for at most ``timeout`` s.

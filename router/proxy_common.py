@@ -17,7 +17,7 @@ from h2.errors import ErrorCodes
 
 from ptth._fields import Headers
 from ptth._groups import unwrap
-from ptth._stream import TunnelStream
+from ptth.driver import Stream
 from ptth._types import Scope
 from ptth.errors import (
     BadGateway,
@@ -124,7 +124,7 @@ def request_target(scope: Scope) -> tuple[str, bytes]:
 @asynccontextmanager
 async def tunnel_stream(
     tunnel: RouterTunnel, headers: Headers, *, end_stream: bool = False
-) -> AsyncIterator[TunnelStream]:
+) -> AsyncIterator[Stream]:
     """One stream on ``tunnel`` for the block's exchange, closed (reset if unfinished) after it.
 
     A stream that cannot be opened counts as refused (RFC 9113 §8.7: never processed, so it may
@@ -143,7 +143,7 @@ async def tunnel_stream(
             await stream.aclose()
 
 
-async def next_response_chunk(stream: TunnelStream, idle: float) -> bytes:
+async def next_response_chunk(stream: Stream, idle: float) -> bytes:
     """The next chunk of the backend's response body (b"" at its end); 502 after ``idle`` s."""
     with trio.move_on_after(idle):
         return await stream.receive_data()

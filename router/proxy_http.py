@@ -17,7 +17,7 @@ import trio
 from ptth._fields import declared_length
 from ptth._groups import unwrap
 from ptth._headers import clean_trailers, from_tunnel_response, to_tunnel_request
-from ptth._stream import TunnelStream
+from ptth.driver import Stream
 from ptth._types import Message, Receive, Scope, Send
 from ptth.errors import (
     BadGateway,
@@ -193,7 +193,7 @@ async def _exchange(
 
 async def _run_exchange(
     cfg: RouterConfig,
-    stream: TunnelStream,
+    stream: Stream,
     body: RequestBody,
     end_now: bool,
     scope: Scope,
@@ -220,7 +220,7 @@ async def _run_exchange(
 
 async def _relay_response(
     cfg: RouterConfig,
-    stream: TunnelStream,
+    stream: Stream,
     status: int,
     fields: list[tuple[bytes, bytes]],
     scope: Scope,

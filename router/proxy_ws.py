@@ -26,7 +26,7 @@ from h2.errors import ErrorCodes
 from ptth._asgi_ws import CLOSE_TIMEOUT
 from ptth._fields import Headers
 from ptth._headers import from_tunnel_response, to_tunnel_request
-from ptth._stream import TunnelStream
+from ptth.driver import Stream
 from ptth._types import Message, Receive, Scope, Send
 from ptth._ws_frames import ABNORMAL_CLOSURE, INTERNAL_ERROR, FrameCodec, WSMessage
 from ptth.errors import (
@@ -231,7 +231,7 @@ async def _session(
 
 
 async def _converse(
-    cfg: RouterConfig, stream: TunnelStream, user: _User, outcome: _Outcome
+    cfg: RouterConfig, stream: Stream, user: _User, outcome: _Outcome
 ) -> None:
     response = await _wait_response(cfg, stream, user)
     try:
@@ -248,7 +248,7 @@ async def _converse(
     await _Pump(stream, user, outcome).run()
 
 
-async def _wait_response(cfg: RouterConfig, stream: TunnelStream, user: _User) -> Headers:
+async def _wait_response(cfg: RouterConfig, stream: Stream, user: _User) -> Headers:
     """The backend's response headers; the user leaving meanwhile abandons the stream."""
     response: Headers | None = None
     async with trio.open_nursery() as nursery:
@@ -285,7 +285,7 @@ def _accept_fields(fields: Headers, scope: Scope) -> tuple[str | None, Headers]:
 
 async def _relay_denial(
     cfg: RouterConfig,
-    stream: TunnelStream,
+    stream: Stream,
     status: int,
     fields: Headers,
     user: _User,
@@ -301,7 +301,7 @@ async def _relay_denial(
 class _Pump:
     """Both directions of an accepted session, each ending with its half of the close."""
 
-    def __init__(self, stream: TunnelStream, user: _User, outcome: _Outcome) -> None:
+    def __init__(self, stream: Stream, user: _User, outcome: _Outcome) -> None:
         self.stream = stream
         self.user = user
         self.outcome = outcome

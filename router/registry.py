@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ptth._handshake import Registration
-from ptth._tunnel import TunnelConnection
+from ptth.driver import Connection
 from ptth.errors import HandshakeRefused, HeaderError, NoTunnel
 
 from .balancer import pick
@@ -30,7 +30,7 @@ class RouterTunnel:
 
     tunnel_id: str
     registration: Registration
-    connection: TunnelConnection
+    connection: Connection
     peer: str
     stream_cap: int = 100
     in_flight: int = 0

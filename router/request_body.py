@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from ptth._stream import TunnelStream
+from ptth.driver import Stream
 from ptth._types import Message, Receive
 from ptth.errors import BodyTooLarge, RequestTimeout, TunnelError
 
@@ -100,7 +100,7 @@ async def watch_disconnect(body: RequestBody, scope: trio.CancelScope) -> None:
     scope.cancel()  # the user went away: stop waiting, the stream is reset on the way out
 
 
-async def pump_request(body: RequestBody, stream: TunnelStream, scope: trio.CancelScope) -> None:
+async def pump_request(body: RequestBody, stream: Stream, scope: trio.CancelScope) -> None:
     """The body into the stream (the replay copy first), then watch for the user leaving."""
     try:
         if body.replay:

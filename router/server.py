@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import anyio
+import anyio.abc
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
@@ -87,14 +89,15 @@ class Router:
         _hypercorn_write.install()
         _hypercorn_ws.install()
         tunnel_host, tunnel_port = parse_address(self.config.tunnel, allow_port_zero=True)
-        listeners = await trio.open_tcp_listeners(tunnel_port, host=tunnel_host)
-        tunnel_bound = listeners[0].socket.getsockname()
+        listener = await anyio.create_tcp_listener(local_host=tunnel_host, local_port=tunnel_port)
+        tunnel_bound = listener.extra(anyio.abc.SocketAttribute.local_address)
         async with trio.open_nursery() as nursery:
             tunnel_scope = trio.CancelScope()
 
             async def run_tunnel_port() -> None:
                 with tunnel_scope:
-                    await trio.serve_listeners(self.listener.handle, listeners)
+                    async with listener:
+                        await listener.serve(self.listener.handle)
 
             nursery.start_soon(run_tunnel_port)
             front_done = trio.Event()

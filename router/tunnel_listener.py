@@ -10,12 +10,12 @@ import hmac
 import logging
 import secrets
 
-import trio
+import anyio
+import anyio.abc
 
-from ptth._h2 import H2Settings
 from ptth._handshake import Registration, ServerHandshake
-from ptth._liveness import Liveness
-from ptth._tunnel import TunnelConnection
+from ptth.driver import Connection
+from ptth.engine import Liveness, Settings
 from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
 
 from .config import RouterConfig
@@ -37,12 +37,14 @@ def token_matches(expected: str | None, given: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(stream: anyio.abc.ByteStream) -> str:
     try:
-        host, port, *_ = stream.socket.getpeername()
-        return f"{host}:{port}"
-    except (OSError, ValueError):
+        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except (OSError, anyio.TypedAttributeLookupError):
         return "?"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)
 
 
 class TunnelListener:
@@ -50,16 +52,15 @@ class TunnelListener:
         self.config = config
         self.registry = registry
         self.draining = False
-        self.connections: set[TunnelConnection] = set()
+        self.connections: set[Connection] = set()
         self._pending = 0
-        self._accepting = trio.Event()
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """One accepted socket (``trio.serve_tcp`` handler)."""
+    async def handle(self, stream: anyio.abc.ByteStream) -> None:
+        """One accepted socket (the tunnel port listener's handler)."""
         peer = _peer(stream)
         if self._pending >= self.config.max_pending_handshakes:
             log.warning("tunnel port: too many pending handshakes; dropping %s", peer)
-            await trio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(stream)
             return
         self._pending += 1
         try:
@@ -72,18 +73,21 @@ class TunnelListener:
         await self._run_tunnel(stream, peer, registration, trailing, tunnel_id)
 
     async def _handshake(
-        self, stream: trio.SocketStream, peer: str
+        self, stream: anyio.abc.ByteStream, peer: str
     ) -> tuple[Registration, bytes, str] | None:
         handshake = ServerHandshake()
         try:
-            with trio.fail_after(self.config.handshake_timeout):
+            with anyio.fail_after(self.config.handshake_timeout):
                 registration = None
                 while registration is None:
-                    data = await stream.receive_some(16384)
+                    try:
+                        data = await stream.receive(16384)
+                    except anyio.EndOfStream:
+                        data = b""  # the parser reports the close
                     registration = handshake.receive(data)
                 self._authorize(registration)
                 tunnel_id = secrets.token_hex(6)
-                await stream.send_all(handshake.accept(tunnel_id, registration.hosts))
+                await stream.send(handshake.accept(tunnel_id, registration.hosts))
             return registration, handshake.trailing, tunnel_id
         except HandshakeRefused as exc:
             log.info("tunnel port: refused %s: %s %s", peer, exc.status, exc.reason)
@@ -94,16 +98,16 @@ class TunnelListener:
         except HandshakeError as exc:
             log.info("tunnel port: bad handshake from %s: %s", peer, exc)
             await self._refuse(stream, handshake.refuse(exc.status, str(exc)))
-        except trio.TooSlowError:
+        except TimeoutError:
             log.info(
                 "tunnel port: %s sent no complete handshake in %.0f s",
                 peer,
                 self.config.handshake_timeout,
             )
-            await trio.aclose_forcefully(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await anyio.aclose_forcefully(stream)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             log.info("tunnel port: %s went away during the handshake: %r", peer, exc)
-            await trio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(stream)
         return None
 
     def _authorize(self, registration: Registration) -> None:
@@ -115,29 +119,29 @@ class TunnelListener:
             raise HandshakeRefused(503, "router has reached its tunnel limit")
         self.registry.check(registration)
 
-    async def _refuse(self, stream: trio.SocketStream, response: bytes) -> None:
-        with trio.move_on_after(2):
+    async def _refuse(self, stream: anyio.abc.ByteStream, response: bytes) -> None:
+        with anyio.move_on_after(2):
             try:
-                await stream.send_all(response)
+                await stream.send(response)
                 await stream.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass
-        await trio.aclose_forcefully(stream)
+        await anyio.aclose_forcefully(stream)
 
     async def _run_tunnel(
         self,
-        stream: trio.SocketStream,
+        stream: anyio.abc.ByteStream,
         peer: str,
         registration: Registration,
         trailing: bytes,
         tunnel_id: str,
     ) -> None:
         cfg = self.config
-        connection = TunnelConnection(
+        connection = Connection(
             stream,
             client_side=True,
             tunnel_id=tunnel_id,
-            settings=H2Settings(),
+            settings=Settings(),
             liveness=Liveness(interval=cfg.ping_interval, dead_after=cfg.dead_after),
             initial_data=trailing,
         )
@@ -150,10 +154,10 @@ class TunnelListener:
         )
         self.connections.add(connection)
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 await nursery.start(connection.run)
                 # The backend's SETTINGS carry its stream limit: register only once they came.
-                with trio.move_on_after(SETTINGS_TIMEOUT) as scope:
+                with anyio.move_on_after(SETTINGS_TIMEOUT) as scope:
                     await connection.wait_remote_settings()
                 if scope.cancelled_caught or connection.closed:
                     log.warning("tunnel %s: no SETTINGS from %s; closing", tunnel_id, peer)
@@ -184,7 +188,10 @@ class TunnelListener:
             self.registry.remove(tunnel)
             self.connections.discard(connection)
             log.info(
-                "tunnel %s: lost (%s); served %d", tunnel_id, connection._closed, tunnel.served
+                "tunnel %s: lost (%s); served %d",
+                tunnel_id,
+                connection.close_reason,
+                tunnel.served,
             )
 
     async def _watch_drain(self, tunnel: RouterTunnel) -> None:
@@ -198,6 +205,6 @@ class TunnelListener:
     async def drain(self) -> None:
         """Router shutdown: refuse new tunnels, GOAWAY every tunnel, wait, close."""
         self.draining = True
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for connection in list(self.connections):
                 nursery.start_soon(connection.drain, self.config.drain_timeout)

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import anyio
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -33,7 +34,7 @@ from wsproto.events import (
 )
 
 from ptth._address import parse_address
-from ptth._tunnel import TunnelConnection
+from ptth.driver import Connection
 from tests.e2e.agent_support import (
     agent_process,
     child,
@@ -225,8 +226,8 @@ async def test_silent_upstream_stream_is_cut_by_the_idle_timeout(scheme: str) ->
 async def h2_get(url: str, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[Any, ...]:
     """GET over h2c prior knowledge with the project's own h2 client: (headers, body, trailers)."""
     host, port = parse_address(url.removeprefix("http://"))
-    sock = await trio.open_tcp_stream(host, port)
-    conn = TunnelConnection(sock, client_side=True, tunnel_id="test-user")
+    sock = await anyio.connect_tcp(host, port)
+    conn = Connection(sock, client_side=True, tunnel_id="test-user")
     async with trio.open_nursery() as nursery:
         await nursery.start(conn.run)
         block = [

@@ -22,6 +22,8 @@ import h2.events
 import h2.exceptions
 import httpx
 import pytest
+import anyio
+import anyio.abc
 import trio
 from h2.errors import ErrorCodes
 
@@ -474,23 +476,20 @@ async def test_refused_streams_are_retried_on_another_tunnel(mode: str) -> None:
 # -- 5. a drained tunnel closes with EOF, never RST ----------------------------------------
 
 
-class GatedStream(trio.abc.HalfCloseableStream):
+class GatedStream(anyio.abc.ByteStream):
     """A socket stream whose reads can be held back, so input stays unread in the kernel."""
 
-    def __init__(self, inner: trio.SocketStream) -> None:
+    def __init__(self, inner: anyio.abc.ByteStream) -> None:
         self.inner = inner
         self.gate = trio.Event()
         self.gate.set()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive(self, max_bytes: int = 65536) -> bytes:
         await self.gate.wait()
-        return await self.inner.receive_some(max_bytes)
+        return await self.inner.receive(max_bytes)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
+    async def send(self, item: bytes) -> None:
+        await self.inner.send(item)
 
     async def send_eof(self) -> None:
         await self.inner.send_eof()
@@ -509,18 +508,18 @@ async def test_drained_tunnel_closes_with_eof_so_the_peer_reads_its_goaway() -> 
     answer its user 502 instead of retrying (the rolling-restart test saw this as a rare 502).
     The backend must half-close and read until the peer closes: GOAWAY, then a clean EOF.
     """
-    from ptth._tunnel import TunnelConnection
+    from ptth.driver import Connection
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
+    anyio_listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = anyio_listener.extra(anyio.abc.SocketAttribute.local_port)
     client_sock = await trio.open_tcp_stream("127.0.0.1", port)
-    server_sock = GatedStream(await listeners[0].accept())
-    await listeners[0].aclose()
+    server_sock = GatedStream(await anyio_listener.listeners[0].accept())
+    await anyio_listener.aclose()
 
     async def never_called(stream: object) -> None:
         raise AssertionError("no stream may reach the app")
 
-    backend = TunnelConnection(server_sock, client_side=False, on_stream=never_called)
+    backend = Connection(server_sock, client_side=False, on_stream=never_called)
     client = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
     )

@@ -26,7 +26,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, PushPromiseFrame
 
 from ptth._handshake import Accepted, ClientHandshake, Registration
-from ptth._tunnel import TunnelConnection
+from ptth.driver import Connection
 from tests.e2e.apps_faults import FIRST_PART
 from tests.support import (
     RunningRouter,
@@ -296,7 +296,7 @@ def fake_tunnels(router: RunningRouter) -> int:
     return router.tunnel_count("fake")
 
 
-def listener_connections(router: RunningRouter) -> set[TunnelConnection]:
+def listener_connections(router: RunningRouter) -> set[Connection]:
     return router.router.listener.connections
 
 
@@ -712,12 +712,12 @@ async def test_backend_follows_router_restart_on_same_port() -> None:
 # -- 11. the router kills a tunnel ---------------------------------------------------------
 
 
-async def _kill_with_goaway(connection: TunnelConnection) -> None:
+async def _kill_with_goaway(connection: Connection) -> None:
     await connection.aclose()
 
 
-async def _kill_abruptly(connection: TunnelConnection) -> None:
-    await trio.aclose_forcefully(connection._socket)
+async def _kill_abruptly(connection: Connection) -> None:
+    await connection.abort()
 
 
 @pytest.mark.timeout(20)
@@ -725,7 +725,7 @@ async def _kill_abruptly(connection: TunnelConnection) -> None:
     "kill", [_kill_with_goaway, _kill_abruptly], ids=["goaway-close", "socket-abort"]
 )
 async def test_backend_reconnects_after_router_kills_its_tunnel(
-    kill: Callable[[TunnelConnection], Awaitable[None]],
+    kill: Callable[[Connection], Awaitable[None]],
 ) -> None:
     async with router_with_real_backend() as router:
         seen = {t.tunnel_id for t in router.router.registry.tunnels()}

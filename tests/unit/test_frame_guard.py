@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ptth._frame_guard import CLIENT_PREFACE, FrameGuard
+from ptth.engine import CLIENT_PREFACE, FrameGuard
 
 
 def frame(length: int, frame_type: int, payload: bytes | None = None) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptth._liveness import Liveness, Verdict
+from ptth.engine import Liveness, Verdict
 
 
 @pytest.mark.parametrize(
