@@ -20,7 +20,8 @@ async def main(router: str) -> None:
     loop = asyncio.get_running_loop()
     kind = type(loop)
     print(f"script loop: {kind.__module__}.{kind.__qualname__} id={id(loop)}", flush=True)
-    task = asyncio.create_task(ptth.serve(app, router, instance="asyncio-in-process"))
+    options = ptth.BackendOptions(instance="asyncio-in-process", drain_timeout=5)
+    task = asyncio.create_task(ptth.serve(app, router, options=options))
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         await task
