@@ -250,6 +250,7 @@ class Connection:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._reader_scope: anyio.CancelScope | None = None
         self._linger = False
+        self._finished = False
 
     # -- state -------------------------------------------------------------------------------
 
@@ -293,8 +294,8 @@ class Connection:
         await event.wait()
 
     async def wait_closed(self) -> None:
-        """Until the connection is closed (or known to be closing)."""
-        if self.closed:
+        """Until the connection is over: its last bytes (a GOAWAY) sent, the stream closed."""
+        if self._finished:
             await anyio.lowlevel.checkpoint()
             return
         event = anyio.Event()
@@ -353,6 +354,7 @@ class Connection:
                     await linger_close(self._socket, timeout=LINGER)
                 await anyio.aclose_forcefully(self._socket)
             self._writer_done.set()
+            self._finished = True
             for event in self._closed_waiters:
                 event.set()
             self._closed_waiters.clear()
@@ -460,9 +462,6 @@ class Connection:
         if error.error_code not in (None, ErrorCodes.NO_ERROR):
             log.warning("tunnel %s: %s; closing", self.tunnel_id, error)
         self._settings_arrived()  # a connection that closes before its SETTINGS wakes waiters
-        for closed in self._closed_waiters:
-            closed.set()
-        self._closed_waiters.clear()
         for waiter in (self._streams_changed, self._flushed):
             if waiter is not None:
                 waiter.set()

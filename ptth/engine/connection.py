@@ -369,13 +369,12 @@ class Engine:
         if self.draining:
             raise self.closed or TunnelClosed("connection is draining")
         stream_id = self._conn.get_next_available_stream_id()
-        state = StreamState(stream_id, self.settings.stream_window)
-        self._add(state)
         try:
             self._conn.send_headers(stream_id, headers, end_stream=end_stream)
         except h2.exceptions.ProtocolError as exc:
-            self._forget(state)
             raise TunnelError(f"cannot open stream: {exc}") from exc
+        state = StreamState(stream_id, self.settings.stream_window)
+        self._add(state)
         self.streams_opened += 1
         if end_stream:
             state.sent_end = True

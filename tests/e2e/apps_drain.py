@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from urllib.parse import parse_qs
 
-import trio
+import anyio
 
 from ptth._types import ASGIApp, Receive, Scope, Send
 from tests.support import read_body, serve_lifespan
@@ -20,7 +20,7 @@ from tests.support import read_body, serve_lifespan
 __all__ = ["app", "make_app"]
 
 
-def make_app(name: str, *, started: trio.Event | None = None) -> ASGIApp:
+def make_app(name: str, *, started: anyio.Event | None = None) -> ASGIApp:
     """An app answering as ``name``; ``started`` (if given) is set when a /slow request begins."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -34,7 +34,7 @@ def make_app(name: str, *, started: trio.Event | None = None) -> ASGIApp:
             delay = float(query.get("s", ["1"])[0])
             if started is not None:
                 started.set()
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
         payload = body if scope["method"] == "POST" else f"hello from {name}".encode()
         await send(
             {

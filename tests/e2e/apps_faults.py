@@ -7,7 +7,7 @@ response. Anything else answers 200 "ok".
 
 from __future__ import annotations
 
-import trio
+import anyio
 
 from ptth._types import Receive, Scope, Send
 from tests.support import serve_lifespan
@@ -32,7 +32,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             }
         )
         await send({"type": "http.response.body", "body": b"x" * FIRST_PART, "more_body": True})
-        await trio.sleep(3600)
+        await anyio.sleep(3600)
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})

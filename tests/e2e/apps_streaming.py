@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-import trio
+import anyio
 
 from ptth._types import ASGIApp, Receive, Scope, Send
 from tests.support import deterministic_chunk, serve_lifespan
@@ -86,7 +86,7 @@ def make_app(progress: Progress | None = None) -> ASGIApp:
             query = parse_qs(scope["query_string"].decode("latin-1"))
             size = int(query.get("size", [str(CHUNK)])[0])
             state.sent = 0
-            state.started = trio.current_time()
+            state.started = anyio.current_time()
             state.finished = None
             state.samples = []
             await send(
@@ -108,9 +108,9 @@ def make_app(progress: Progress | None = None) -> ASGIApp:
                     }
                 )
                 state.sent += length
-                state.samples.append((trio.current_time(), state.sent))
+                state.samples.append((anyio.current_time(), state.sent))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            state.finished = trio.current_time()
+            state.finished = anyio.current_time()
         elif path == "/two-chunks":
             await send(
                 {
@@ -120,7 +120,7 @@ def make_app(progress: Progress | None = None) -> ASGIApp:
                 }
             )
             await send({"type": "http.response.body", "body": b"first", "more_body": True})
-            await trio.sleep(DELAY)
+            await anyio.sleep(DELAY)
             await send({"type": "http.response.body", "body": b"second", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-import trio
+import anyio
 
 from ptth._types import ASGIApp, Message, Receive, Scope, Send
 from tests.support import serve_lifespan
@@ -35,7 +35,7 @@ class Recorder:
     open_sessions: int = 0
     max_open_sessions: int = 0
     flood_sent: int = 0
-    flood_done: trio.Event = field(default_factory=trio.Event)
+    flood_done: anyio.Event = field(default_factory=anyio.Event)
     messages: int = 0
 
 
@@ -83,7 +83,7 @@ async def _route(name: str, rec: Recorder, scope: Scope, receive: Receive, send:
     elif path == "/crash-before":
         raise RuntimeError("crash before accept")
     elif path == "/slow-accept":
-        await trio.sleep(3600)
+        await anyio.sleep(3600)
     elif path == "/whoami":
         await send({"type": "websocket.accept", "headers": [(b"x-backend", name.encode())]})
         await send({"type": "websocket.send", "text": name})
