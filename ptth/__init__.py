@@ -61,7 +61,8 @@ def run(
     path_prefix: str | None = None,
     token: str | None = None,
     connections: int = 1,
-    max_concurrent_streams: int = 100,
+    max_concurrent_streams: int = 1000,
+    max_connections: int = 0,
     weight: float = 1.0,
     options: BackendOptions | None = None,
     loop: str = "auto",
@@ -79,6 +80,7 @@ def run(
             token=token,
             connections=connections,
             max_concurrent_streams=max_concurrent_streams,
+            max_connections=max_connections,
             weight=weight,
             options=options,
         )

@@ -92,8 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-streams",
         type=int,
-        default=100,
-        help="max concurrent requests per tunnel (default 100)",
+        default=1000,
+        help="max concurrent requests per tunnel (default 1000; WebSockets hold one each)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        help="tunnels at most per router: extra ones open when every tunnel is over 80%% full "
+        "and close again when idle (default 0: four times --connections)",
     )
     p.add_argument(
         "--weight", type=float, default=1.0, help="relative share of traffic (default 1)"
@@ -143,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             token=args.token,
             connections=args.connections,
             max_concurrent_streams=args.max_streams,
+            max_connections=args.max_connections,
             weight=args.weight,
             drain_timeout=args.drain_timeout,
         )

@@ -95,7 +95,8 @@ async def serve_upstream(
     path_prefix: str | None = None,
     token: str | None = None,
     connections: int = 1,
-    max_concurrent_streams: int = 100,
+    max_concurrent_streams: int = 1000,
+    max_connections: int = 0,
     weight: float = 1.0,
     options: BackendOptions | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -115,6 +116,7 @@ async def serve_upstream(
         token=token,
         connections=connections,
         max_concurrent_streams=max_concurrent_streams,
+        max_connections=max_connections,
         weight=weight,
     )
     async with anyio.create_task_group() as nursery:

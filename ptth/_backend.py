@@ -27,6 +27,7 @@ from ._groups import unwrap
 from ._handshake import ClientHandshake, Registration
 from ._headers import parse_request_block
 from ._lifespan import Lifespan
+from ._scaling import ScalePolicy
 from ._types import ASGIApp
 from .driver import Connection, Stream, StreamHandler
 from .engine import Liveness, Settings
@@ -50,7 +51,10 @@ class BackendOptions:
     path_prefix: str | None = None
     token: str | None = None
     connections: int = 1
-    max_concurrent_streams: int = 100
+    max_concurrent_streams: int = 1000
+    # Tunnels at most per router, extras opened on demand included (0: four times `connections`).
+    max_connections: int = 0
+    extra_idle_timeout: float = 30.0
     weight: float = 1.0
     instance: str = field(default_factory=_default_instance)
     drain_timeout: float = 30.0
@@ -93,6 +97,68 @@ class _Backend:
         self.draining = False
         self.rng = random.Random()
         self.connected = anyio.Event()
+        self.scaling = ScalePolicy(
+            base=options.connections,
+            maximum=max(options.max_connections or 4 * options.connections, options.connections),
+            idle_after=options.extra_idle_timeout,
+        )
+        # Live tunnels per router address, with their capacities; extras still dialling.
+        self._by_router: dict[tuple[str, int], dict[Connection, int]] = {}
+        self._dialling: dict[tuple[str, int], int] = {}
+        self._connectors: anyio.abc.TaskGroup | None = None
+
+    def _maybe_scale(self, host: str, port: int) -> None:
+        """A stream started on a tunnel to (host, port): open an extra tunnel if all are full."""
+        key = (host, port)
+        group = self._by_router.get(key, {})
+        loads = [(tunnel.open_streams, capacity) for tunnel, capacity in group.items()]
+        dialling = self._dialling.get(key, 0)
+        if (
+            self.draining
+            or self._connectors is None
+            or not self.scaling.wants_more(loads, dialling)
+        ):
+            return
+        self._dialling[key] = dialling + 1
+        log.info(
+            "router %s:%d: every tunnel is over %d%% full; opening another (%d of at most %d)",
+            host,
+            port,
+            round(self.scaling.threshold * 100),
+            len(loads) + dialling + 1,
+            self.scaling.maximum,
+        )
+        self._connectors.start_soon(self._extra_connector, host, port)
+
+    async def _extra_connector(self, host: str, port: int) -> None:
+        """One on-demand tunnel: dialled once, closed when idle, never replaced."""
+        opts = self.options
+        backoff = Backoff(
+            base=opts.backoff_base, cap=opts.backoff_cap, reset_after=opts.backoff_reset_after
+        )
+        try:
+            await self._connect_once(host, port, -1, backoff)
+        except BaseExceptionGroup as group:
+            log.warning("router %s:%d: extra tunnel: %s", host, port, unwrap(group, PTTHError))
+        except (OSError, PTTHError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            log.warning("router %s:%d: extra tunnel failed: %s", host, port, exc)
+        finally:
+            self._dialling[(host, port)] -= 1
+
+    async def _close_when_idle(self, tunnel: Connection) -> None:
+        """An extra tunnel that carried nothing for ``idle_after`` seconds is drained."""
+        idle_since: float | None = anyio.current_time()
+        while not tunnel.closed:
+            await anyio.sleep(min(1.0, self.scaling.idle_after / 4))
+            now = anyio.current_time()
+            if tunnel.open_streams:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            if self.scaling.idle_expired(tunnel.open_streams, idle_since, now):
+                log.info("tunnel %s: extra tunnel idle; closing it", tunnel.tunnel_id)
+                await tunnel.drain(self.options.drain_timeout)
+                return
 
     async def _connector(self, host: str, port: int, slot: int) -> None:
         opts = self.options
@@ -144,15 +210,22 @@ class _Backend:
         except BaseException:
             await anyio.aclose_forcefully(sock)
             raise
+        serve_stream = self.handler or self._handle_stream
+
+        async def on_stream(stream: Stream) -> None:
+            self._maybe_scale(host, port)
+            await serve_stream(stream)
+
         tunnel = Connection(
             sock,
             client_side=False,
             tunnel_id=accepted.tunnel_id,
             settings=Settings(max_concurrent_streams=self.options.max_concurrent_streams),
             liveness=self.options.liveness,
-            on_stream=self.handler or self._handle_stream,
+            on_stream=on_stream,
             initial_data=accepted.trailing,
         )
+        capacity = min(self.options.max_concurrent_streams, accepted.max_streams or 2**31)
         log.info(
             "tunnel %s: registered with %s:%d (service %s)",
             accepted.tunnel_id,
@@ -161,6 +234,8 @@ class _Backend:
             self.options.service,
         )
         self.tunnels.add(tunnel)
+        group = self._by_router.setdefault((host, port), {})
+        group[tunnel] = capacity
         backoff.connected(anyio.current_time())
         try:
             async with anyio.create_task_group() as nursery:
@@ -168,8 +243,11 @@ class _Backend:
                 self.connected.set()
                 if self.draining:
                     nursery.start_soon(tunnel.drain, self.options.drain_timeout)
+                elif slot < 0:
+                    nursery.start_soon(self._close_when_idle, tunnel)
         finally:
             self.tunnels.discard(tunnel)
+            group.pop(tunnel, None)
             log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel.close_reason)
 
     async def _handle_stream(self, stream: Stream) -> None:
@@ -224,6 +302,7 @@ class _Backend:
             async def run_connectors() -> None:
                 with work:
                     async with anyio.create_task_group() as nursery:
+                        self._connectors = nursery
                         for host, port in self.addresses:
                             for slot in range(self.options.connections):
                                 nursery.start_soon(self._connector, host, port, slot)
@@ -257,7 +336,8 @@ async def serve(
     path_prefix: str | None = None,
     token: str | None = None,
     connections: int = 1,
-    max_concurrent_streams: int = 100,
+    max_concurrent_streams: int = 1000,
+    max_connections: int = 0,
     weight: float = 1.0,
     options: BackendOptions | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -277,6 +357,7 @@ async def serve(
         token=token,
         connections=connections,
         max_concurrent_streams=max_concurrent_streams,
+        max_connections=max_connections,
         weight=weight,
     )
     await run_backend(app, addresses, options, task_status=task_status)
@@ -292,6 +373,7 @@ def resolve_arguments(
     token: str | None,
     connections: int,
     max_concurrent_streams: int,
+    max_connections: int,
     weight: float,
 ) -> tuple[list[str], BackendOptions]:
     """The router addresses and options that ``serve`` and ``serve_upstream`` were given, checked.
@@ -312,6 +394,7 @@ def resolve_arguments(
             token=token,
             connections=connections,
             max_concurrent_streams=max_concurrent_streams,
+            max_connections=max_connections,
             weight=weight,
         )
     return addresses, options

@@ -87,6 +87,8 @@ class Accepted:
     tunnel_id: str
     hosts: tuple[str, ...]
     trailing: bytes
+    # The router's own cap on concurrent streams per tunnel (Ptth-Max-Streams), if it said.
+    max_streams: int | None = None
 
 
 def _bad(reason: str) -> HandshakeError:
@@ -179,7 +181,11 @@ class ClientHandshake:
         tunnel_id = fields.get(b"ptth-tunnel-id", "")
         hosts = tuple(_split_list(fields.get(b"ptth-hosts", "")))
         trailing, _closed = self._conn.trailing_data
-        return Accepted(tunnel_id=tunnel_id, hosts=hosts, trailing=bytes(trailing))
+        cap = fields.get(b"ptth-max-streams", "").strip()
+        max_streams = int(cap) if cap.isdigit() and 0 < int(cap) < 2**31 else None
+        return Accepted(
+            tunnel_id=tunnel_id, hosts=hosts, trailing=bytes(trailing), max_streams=max_streams
+        )
 
 
 class ServerHandshake:
@@ -281,7 +287,9 @@ class ServerHandshake:
         registration.validate()
         return registration
 
-    def accept(self, tunnel_id: str, hosts: tuple[str, ...]) -> bytes:
+    def accept(
+        self, tunnel_id: str, hosts: tuple[str, ...], *, max_streams: int | None = None
+    ) -> bytes:
         headers = [
             ("Connection", "Upgrade"),
             ("Upgrade", "reverse"),
@@ -290,6 +298,9 @@ class ServerHandshake:
         ]
         if hosts:
             headers.append(("Ptth-Hosts", ", ".join(hosts)))
+        if max_streams is not None:
+            # Lets the helper open more tunnels before this one fills (ARCHITECTURE.md).
+            headers.append(("Ptth-Max-Streams", str(max_streams)))
         return self._conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
 
     def refuse(self, status: int, reason: str, *, retry_after: int | None = None) -> bytes:

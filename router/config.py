@@ -32,7 +32,7 @@ class RouterConfig:
     dead_after: float = 20.0
     drain_timeout: float = 30.0
     handshake_timeout: float = 10.0
-    max_streams_per_tunnel: int = 100
+    max_streams_per_tunnel: int = 1000
     max_tunnels: int = 10_000
     max_pending_handshakes: int = 64
     trusted_proxies: tuple[str, ...] = ()

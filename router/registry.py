@@ -32,7 +32,7 @@ class RouterTunnel:
     registration: Registration
     connection: Connection
     peer: str
-    stream_cap: int = 100
+    stream_cap: int = 1000
     in_flight: int = 0
     served: int = 0
     registered_at: float = field(default_factory=trio.current_time)

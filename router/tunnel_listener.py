@@ -87,7 +87,13 @@ class TunnelListener:
                     registration = handshake.receive(data)
                 self._authorize(registration)
                 tunnel_id = secrets.token_hex(6)
-                await stream.send(handshake.accept(tunnel_id, registration.hosts))
+                await stream.send(
+                    handshake.accept(
+                        tunnel_id,
+                        registration.hosts,
+                        max_streams=self.config.max_streams_per_tunnel,
+                    )
+                )
             return registration, handshake.trailing, tunnel_id
         except HandshakeRefused as exc:
             log.info("tunnel port: refused %s: %s %s", peer, exc.status, exc.reason)
@@ -169,6 +175,15 @@ class TunnelListener:
                     log.warning("tunnel %s: %s", tunnel_id, exc)
                     await connection.aclose()
                     return
+                offered = connection.peer_max_concurrent_streams
+                if offered > tunnel.stream_cap:
+                    log.info(
+                        "tunnel %s: backend allows %d concurrent streams; capped at the router's "
+                        "--max-streams-per-tunnel %d",
+                        tunnel_id,
+                        offered,
+                        tunnel.stream_cap,
+                    )
                 log.info(
                     "tunnel %s: registered service=%s hosts=%s prefix=%s weight=%g "
                     "instance=%s peer=%s max_streams=%d",
