@@ -3,7 +3,8 @@
     import ptth
     ptth.run(app, "router.example.com:8887", service="api")
 
-See ``ptth.serve`` (async: awaitable from asyncio and trio programs alike) and ``python -m ptth module:app --router HOST:PORT``. Agent mode
+See ``ptth.serve`` (async: awaitable from asyncio and trio programs alike) and
+``python -m ptth module:app --router HOST:PORT``. Agent mode
 forwards to a local server in any language instead: ``ptth.serve_upstream("h2c://127.0.0.1:50051",
 ...)`` or ``python -m ptth --to http://127.0.0.1:3000 --router HOST:PORT``.
 """

@@ -205,9 +205,7 @@ async def serve_http(
         finished.set()
         stream.wake()
     if not responder.complete and not responder.gone:
-        log.warning(
-            "tunnel %s: app returned without completing the response", stream.tunnel_id
-        )
+        log.warning("tunnel %s: app returned without completing the response", stream.tunnel_id)
         await _abort(responder)
 
 

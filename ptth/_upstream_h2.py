@@ -153,9 +153,7 @@ class H2Upstream:
                 with anyio.CancelScope(shield=True):
                     await up.aclose()
 
-    async def _open(
-        self, stream: Stream, headers: Headers, progress: _Progress
-    ) -> Stream:
+    async def _open(self, stream: Stream, headers: Headers, progress: _Progress) -> Stream:
         ended = stream.received_end and stream.buffered == 0
         for attempt in range(ATTEMPTS):
             conn = await self.acquire()

@@ -86,9 +86,7 @@ class HTTPUpstream:
             await self._exchange(request, stream, progress)
             nursery.cancel_scope.cancel()
 
-    async def _exchange(
-        self, request: httpx.Request, stream: Stream, progress: Progress
-    ) -> None:
+    async def _exchange(self, request: httpx.Request, stream: Stream, progress: Progress) -> None:
         try:
             response = await self.client.send(request, stream=True)
         except httpx.TransportError as exc:

@@ -17,8 +17,8 @@ from h2.errors import ErrorCodes
 
 from ptth._fields import Headers
 from ptth._groups import unwrap
-from ptth.driver import Stream
 from ptth._types import Scope
+from ptth.driver import Stream
 from ptth.errors import (
     BadGateway,
     HeaderError,

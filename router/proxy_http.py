@@ -17,8 +17,8 @@ import trio
 from ptth._fields import declared_length
 from ptth._groups import unwrap
 from ptth._headers import clean_trailers, from_tunnel_response, to_tunnel_request
-from ptth.driver import Stream
 from ptth._types import Message, Receive, Scope, Send
+from ptth.driver import Stream
 from ptth.errors import (
     BadGateway,
     BodyTooLarge,

@@ -26,9 +26,9 @@ from h2.errors import ErrorCodes
 from ptth._asgi_ws import CLOSE_TIMEOUT
 from ptth._fields import Headers
 from ptth._headers import from_tunnel_response, to_tunnel_request
-from ptth.driver import Stream
 from ptth._types import Message, Receive, Scope, Send
 from ptth._ws_frames import ABNORMAL_CLOSURE, INTERNAL_ERROR, FrameCodec, WSMessage
+from ptth.driver import Stream
 from ptth.errors import (
     BadGateway,
     HeaderError,
@@ -230,9 +230,7 @@ async def _session(
         raise BadGateway(f"tunnel lost before the WebSocket was accepted: {exc}") from exc
 
 
-async def _converse(
-    cfg: RouterConfig, stream: Stream, user: _User, outcome: _Outcome
-) -> None:
+async def _converse(cfg: RouterConfig, stream: Stream, user: _User, outcome: _Outcome) -> None:
     response = await _wait_response(cfg, stream, user)
     try:
         status, fields = from_tunnel_response(response)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import trio
 
-from ptth.driver import Stream
 from ptth._types import Message, Receive
+from ptth.driver import Stream
 from ptth.errors import BodyTooLarge, RequestTimeout, TunnelError
 
 from .proxy_common import ClientGone

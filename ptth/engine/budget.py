@@ -113,6 +113,4 @@ _HEADERS_EVENTS = frozenset(
     {h2.events.RequestReceived, h2.events.ResponseReceived, h2.events.TrailersReceived}
 )
 _CONTROL_EVENTS = frozenset({h2.events.RemoteSettingsChanged, h2.events.PingReceived})
-_UNKNOWN_EVENTS = frozenset(
-    {h2.events.UnknownFrameReceived, h2.events.AlternativeServiceAvailable}
-)
+_UNKNOWN_EVENTS = frozenset({h2.events.UnknownFrameReceived, h2.events.AlternativeServiceAvailable})
