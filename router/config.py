@@ -69,7 +69,7 @@ _HELP = {
     "http": "front end address HOST:PORT (HTTP/1.1 and h2c)",
     "tunnel": "tunnel listener address HOST:PORT where backends dial in",
     "token": "require 'Authorization: Bearer TOKEN' on the tunnel port",
-    "response_timeout": "seconds to wait for response headers before 504",
+    "response_timeout": "seconds to wait for response headers (after the request) before 504",
     "response_idle_timeout": (
         "seconds a response body may stall (backend silent or user not reading) before abort"
     ),

@@ -200,13 +200,23 @@ async def _run_exchange(
     send: Send,
     outcome: _Outcome,
 ) -> None:
-    """Pump the request body and relay the response concurrently (a user gone cancels both)."""
+    """Pump the request body and relay the response concurrently (a user gone cancels both).
+
+    The response timeout counts from the end of the request, as Envoy's route timeout does: an
+    upload that takes longer than the timeout is not a backend that failed to answer.
+    """
+    waiting = trio.CancelScope()
+
+    def request_sent() -> None:
+        waiting.deadline = trio.current_time() + cfg.response_timeout
+
     async with trio.open_nursery() as nursery:
         if end_now:
+            request_sent()
             nursery.start_soon(watch_disconnect, body, nursery.cancel_scope)
         else:
-            nursery.start_soon(pump_request, body, stream, nursery.cancel_scope)
-        with trio.move_on_after(cfg.response_timeout) as waiting:
+            nursery.start_soon(pump_request, body, stream, nursery.cancel_scope, request_sent)
+        with waiting:
             response_headers = await stream.receive_headers()
         if waiting.cancelled_caught:
             raise ResponseTimeout(f"no response headers within {cfg.response_timeout:g} s")

@@ -7,6 +7,8 @@ an idle timeout (408). While it is small a copy is kept, so a stream the backend
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from ptth._types import Message, Receive
@@ -100,8 +102,16 @@ async def watch_disconnect(body: RequestBody, scope: trio.CancelScope) -> None:
     scope.cancel()  # the user went away: stop waiting, the stream is reset on the way out
 
 
-async def pump_request(body: RequestBody, stream: Stream, scope: trio.CancelScope) -> None:
-    """The body into the stream (the replay copy first), then watch for the user leaving."""
+async def pump_request(
+    body: RequestBody,
+    stream: Stream,
+    scope: trio.CancelScope,
+    sent: Callable[[], None] = lambda: None,
+) -> None:
+    """The body into the stream (the replay copy first), then watch for the user leaving.
+
+    ``sent`` is called once the whole body has been handed to the stream.
+    """
     try:
         if body.replay:
             chunks = list(body.replay)
@@ -109,6 +119,7 @@ async def pump_request(body: RequestBody, stream: Stream, scope: trio.CancelScop
                 last = body.complete and i == len(chunks) - 1
                 await stream.send_data(chunk, end_stream=last)
             if body.complete:
+                sent()
                 await body.wait_disconnect()
                 scope.cancel()
                 return
@@ -120,6 +131,7 @@ async def pump_request(body: RequestBody, stream: Stream, scope: trio.CancelScop
             if body.complete:
                 break
         await stream.end()
+        sent()
         await body.wait_disconnect()
     except ClientGone:
         pass

@@ -420,7 +420,7 @@ async def test_full_tunnel_past_queue_timeout_gives_503() -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, queue_timeout=0.5)
         backend = await start_backend(
-            nursery, make_slow_app(1.5), router.tunnel, max_concurrent_streams=1
+            nursery, make_slow_app(1.5), router.tunnel, max_concurrent_streams=1, max_connections=1
         )
         await router.wait_tunnels(1)
         assert router.router.registry.tunnels()[0].max_streams == 1
@@ -452,7 +452,7 @@ async def test_full_tunnel_queues_until_a_slot_frees() -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, queue_timeout=3.0)
         backend = await start_backend(
-            nursery, make_slow_app(0.3), router.tunnel, max_concurrent_streams=1
+            nursery, make_slow_app(0.3), router.tunnel, max_concurrent_streams=1, max_connections=1
         )
         await router.wait_tunnels(1)
         results: dict[str, tuple[int, float]] = {}

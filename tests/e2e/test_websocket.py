@@ -321,7 +321,10 @@ async def test_backend_not_answering_the_handshake_gives_504() -> None:
 @pytest.mark.timeout(30)
 async def test_full_tunnels_queue_then_503() -> None:
     async with trio.open_nursery() as nursery:
-        router, _ = await one_backend(nursery, max_streams_per_tunnel=1, queue_timeout=0.3)
+        router = await start_router(nursery, max_streams_per_tunnel=1, queue_timeout=0.3)
+        # One tunnel only: with more, the helper would open extra tunnels instead of queueing.
+        await start_backend(nursery, make_app("b1"), router.tunnel, max_connections=1)
+        await router.wait_tunnels(1)
 
         def client() -> None:
             with open_ws(ws_url(router, "/echo")) as first:  # holds the only stream slot
