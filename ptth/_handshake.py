@@ -1,4 +1,4 @@
-"""The ReverseHTTP upgrade (DESIGN.md), parsed with h11 on both sides; no I/O.
+"""The ReverseHTTP upgrade (ARCHITECTURE.md, "The handshake"), parsed with h11; no I/O.
 
 The backend sends ``POST /.well-known/ptth`` with ``Upgrade: reverse`` and ``ALPN: h2`` (RFC 7639);
 the router answers ``101`` with ``Selected-ALPN: h2`` or refuses with a real HTTP response whose

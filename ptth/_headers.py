@@ -3,7 +3,7 @@
 The router translates user requests (HTTP/1.1 or h2, already parsed by hypercorn into ASGI-style
 ``(name, value)`` byte pairs) into HTTP/2 header blocks for the tunnel, and back. Everything that
 can smuggle a request or inject a header is decided here and in :mod:`ptth._fields`, once
-(RELIABILITY row 21):
+(ARCHITECTURE.md, attack 21):
 
 * names are RFC 9110 §5.6.2 tokens; values never hold CR, LF or NUL (RFC 9113 §8.2.1);
 * connection-specific fields, and every field a Connection header nominates, are removed

@@ -4,8 +4,8 @@ tunnel-side operations that turn the stream's failure into :class:`DownstreamGon
 A relay sits between the tunnel stream (the router's request) and an upstream server. Either side
 can fail, and what the agent does differs: an **upstream** failure becomes a 502 while no response
 header has gone back, and a reset tunnel stream after that (a truncated body must look truncated,
-DESIGN.md); a **downstream** failure (the router reset the stream: the user went away) cancels the
-upstream exchange and sends nothing.
+ARCHITECTURE.md); a **downstream** failure (the router reset the stream: the user went away)
+cancels the upstream exchange and sends nothing.
 """
 
 from __future__ import annotations

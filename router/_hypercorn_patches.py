@@ -29,7 +29,7 @@ can still look open at that moment. WebSocket-over-h2 streams (``WSStream``) are
 ``pop`` releases a waiting ``push`` when the bytes it *popped* are few, not when the bytes left
 are: a user whose flow-control window is 0 (or 1) makes every pop return b"" (or 1 byte), so
 the app is never held back and the whole response piles up in the router (measured: 256 MiB of
-RSS for one 256 MiB download to a user who set INITIAL_WINDOW_SIZE=0; RELIABILITY.md row 8).
+RSS for one 256 MiB download to a user who set INITIAL_WINDOW_SIZE=0; ARCHITECTURE.md, attack 8).
 Here a push waits until the buffer itself is below the low-water mark.
 """
 

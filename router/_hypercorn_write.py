@@ -1,7 +1,7 @@
 """Give hypercorn's writes to a user a deadline, so a user who stops reading pins nothing.
 
 hypercorn 0.18's trio ``TCPServer.protocol_send`` writes every byte inside a *shielded* cancel
-scope with no timeout. A user who stops reading (TCP zero window, RELIABILITY.md row 13) leaves
+scope with no timeout. A user who stops reading (TCP zero window, ARCHITECTURE.md, attack 13) leaves
 that ``send_all`` waiting for as long as they keep the connection open (the kernel probes a zero
 window indefinitely). Over HTTP/1.1 that write is the app's own ``send``: the proxy task, its
 tunnel stream and the backend's work stay pinned with it, and no cancellation can reach them.

@@ -17,7 +17,7 @@ __all__ = ["RouterConfig", "build_parser", "load_config"]
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Defaults follow DESIGN.md and RELIABILITY.md; each has a flag, a PTTH_* variable, a key."""
+    """Defaults follow ARCHITECTURE.md; each has a flag, a PTTH_* variable, a key."""
 
     http: str = "127.0.0.1:8888"
     tunnel: str = "127.0.0.1:8887"

@@ -66,7 +66,7 @@ class ProxyContext:
             self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
 
     def admit(self, scope: Scope) -> None:
-        """Shed load before any work (RELIABILITY.md rows 22 and the 429 of DESIGN.md)."""
+        """Shed load before any work (ARCHITECTURE.md, attack 22 and the 429 of "Error mapping")."""
         if self.in_flight >= self.config.max_in_flight:
             raise Overloaded(f"router is at its limit of {self.config.max_in_flight} requests")
         if self.limiter is not None:

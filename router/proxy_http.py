@@ -64,7 +64,7 @@ class _Outcome:
 
 
 async def forward(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
-    """Proxy one request; every failure becomes the status DESIGN.md's table names."""
+    """Proxy one request; each failure becomes a status of ARCHITECTURE.md, "Error mapping"."""
     started = time.monotonic()
     outcome = _Outcome()
     host, path = request_target(scope)
@@ -146,7 +146,7 @@ async def _acquire(
     ctx: ProxyContext, service: str, exclude: set[str], body: RequestBody
 ) -> RouterTunnel:
     """A tunnel slot for the request; while it waits for one, a user who resets the request or
-    leaves makes it give up its place (RELIABILITY.md row 1, :func:`watch_until_stream`)."""
+    leaves makes it give up its place (ARCHITECTURE.md, attack 1, :func:`watch_until_stream`)."""
     acquired = ctx.registry.try_acquire(service, exclude=exclude)
     if acquired is not None:
         return acquired
@@ -274,7 +274,7 @@ async def _send_to_user(send: Send, message: Message, idle: float) -> None:
     """``send`` one message; a user who takes nothing for ``idle`` s loses the response.
 
     Over HTTP/2 hypercorn's ``send`` waits for the user's flow-control window, which a user who
-    never sends WINDOW_UPDATE keeps shut (RELIABILITY.md rows 8 and 13): give up, so the tunnel
+    never sends WINDOW_UPDATE keeps shut (ARCHITECTURE.md, attacks 8 and 13): give up, so the tunnel
     stream is reset and the backend sees ``http.disconnect``. A write stuck on a full socket
     cannot be cancelled from here (hypercorn shields it); the front end's write timeout
     (:mod:`router._hypercorn_write`) closes that connection instead.

@@ -1,4 +1,4 @@
-"""Per-client token buckets for the front end (DESIGN.md: rate limit → 429); no I/O.
+"""Per-client token buckets for the front end (rate limit → 429, ARCHITECTURE.md); no I/O.
 
 Each client address gets ``burst`` tokens refilled at ``rate`` per second; a request spends one.
 Buckets that are full again are forgotten, so memory follows the number of *active* clients,

@@ -43,7 +43,7 @@ class RequestBody:
         """
         if self.complete:
             return None
-        # A body that stalls (slowloris/RUDY, RELIABILITY.md row 12) must not pin a stream.
+        # A body that stalls (slowloris/RUDY, ARCHITECTURE.md, attack 12) must not pin a stream.
         with trio.move_on_after(self.idle_timeout):
             message: Message = await self._receive()
             return self._take(message, keep=keep)
@@ -87,7 +87,7 @@ async def watch_until_stream(body: RequestBody, scope: trio.CancelScope) -> None
     """While the request waits for a tunnel slot: read its first message ahead and, when that
     completes the body, cancel ``scope`` as soon as the user leaves.
 
-    So a request the user reset at once (Rapid Reset, RELIABILITY.md row 1: HEADERS then
+    So a request the user reset at once (Rapid Reset, ARCHITECTURE.md, attack 1: HEADERS then
     RST_STREAM, which hypercorn only reports as ``http.disconnect``) gives up its place in the
     queue instead of taking a tunnel slot and reaching the backend.
     """

@@ -29,7 +29,7 @@ SETTINGS_TIMEOUT = 10.0
 
 
 def token_matches(expected: str | None, given: str | None) -> bool:
-    """Constant-time comparison (RELIABILITY.md row 20); no token configured accepts everyone."""
+    """Constant-time comparison (ARCHITECTURE.md, attack 20); no token configured: all pass."""
     if expected is None:
         return True
     if given is None:

@@ -241,7 +241,10 @@ class Engine:
         stream_id = event.stream_id or 0
         if self.goaway_sent or not self._accept:
             # RFC 9113 §8.7: refused streams were never processed, so the client may retry.
-            self._conn.reset_stream(stream_id, _REFUSED)
+            try:
+                self._conn.reset_stream(stream_id, _REFUSED)
+            except h2.exceptions.ProtocolError:
+                pass  # a GOAWAY later in the same batch already closed h2's side
             return
         state = StreamState(stream_id, self.settings.stream_window)
         state.headers = list(event.headers or [])
