@@ -15,6 +15,7 @@ get one ``on_stream`` task per stream the peer opens.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -373,37 +374,43 @@ class Connection:
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        self._dispatch(self.engine.receive_data(data, anyio.current_time()))
-        self.wake_writer()
+        engine = self.engine
+        self._dispatch(engine.receive_data(data, anyio.current_time()))
+        if engine.wants_write:  # most requests need no answer frame until the app sends one
+            self.wake_writer()
 
     async def _writer(self) -> None:
         engine = self.engine
+        send = self._socket.send
+        timeout = self.liveness.write_timeout
         assert self._writer_done is not None
-        try:
-            while True:
-                data = engine.data_to_send()
-                self._dispatch(engine.take_events())
-                if data:
-                    await self._send(data)
-                    flushed, self._flushed = self._flushed, None
-                    if flushed is not None:
-                        flushed.set()
-                    continue
-                if engine.closed is not None:
-                    return
-                kick = self._kick = anyio.Event()
-                await kick.wait()
-        finally:
-            self._writer_done.set()
-
-    async def _send(self, data: bytes) -> None:
-        try:
-            with anyio.fail_after(self.liveness.write_timeout):
-                await self._socket.send(data)
-        except TimeoutError:
-            self._dispatch(self.engine.connection_lost("write timed out (peer not reading)"))
-        except _BROKEN as exc:
-            self._dispatch(self.engine.connection_lost(f"connection lost while writing: {exc!r}"))
+        # One scope for the writer's life whose deadline is armed only while a send is under
+        # way: a peer that stops reading is as dead as a silent one.
+        with anyio.CancelScope() as deadline:
+            try:
+                while True:
+                    data = engine.data_to_send()
+                    self._dispatch(engine.take_events())
+                    if data:
+                        deadline.deadline = anyio.current_time() + timeout
+                        try:
+                            await send(data)
+                        except _BROKEN as exc:
+                            lost = f"connection lost while writing: {exc!r}"
+                            self._dispatch(engine.connection_lost(lost))
+                        deadline.deadline = math.inf
+                        flushed, self._flushed = self._flushed, None
+                        if flushed is not None:
+                            flushed.set()
+                        continue
+                    if engine.closed is not None:
+                        return
+                    kick = self._kick = anyio.Event()
+                    await kick.wait()
+            finally:
+                self._writer_done.set()
+        if deadline.cancelled_caught and engine.closed is None:
+            self._dispatch(engine.connection_lost("write timed out (peer not reading)"))
 
     async def _timer(self) -> None:
         engine = self.engine

@@ -13,6 +13,8 @@ Each adaptation has a documented reason (ARCHITECTURE.md, "The engine"):
 * **Open-stream counting.** h2 counts open streams by walking every stream it knows on each new
   stream (O(streams)). The engine keeps its own exact count and enforces the limits itself; h2's
   walk (which also forgets closed streams) runs only once per ``_SWEEP_EVERY`` new streams.
+* **Is output queued?** h2 only offers ``data_to_send()``, which takes it; the driver asks
+  whether there is anything at all before it wakes its writer.
 * **A logger with ``trace``.** h2's ``config.logger`` needs ``.debug`` and ``.trace``; a plain
   ``logging.Logger`` has no ``trace``. h2 logs every frame: far too chatty even at DEBUG.
 
@@ -59,6 +61,7 @@ def _check() -> None:
                 "max_inbound_frame_size",
                 "max_outbound_frame_size",
                 "streams",
+                "_data_to_send",
             ),
         ),
         "Frame": (Frame, ("__repr__",)),
@@ -124,6 +127,10 @@ class H2Connection(h2.connection.H2Connection):
     def open_inbound_streams(self) -> int:
         self._sweep()
         return self._engine_inbound
+
+    def has_output(self) -> bool:
+        """Frames are queued (h2 has no public way to ask without taking them)."""
+        return bool(self._data_to_send)
 
     def send_graceful_goaway(self, last_stream_id: int) -> None:
         frame = GoAwayFrame(0)
