@@ -137,6 +137,11 @@ class Engine:
         return self._unflushed > OUTBOUND_HIGH_WATER
 
     @property
+    def wants_write(self) -> bool:
+        """``data_to_send()`` would return something (frames queued, or body bytes waiting)."""
+        return bool(self._sendable) or self._conn.has_output()
+
+    @property
     def buffered(self) -> int:
         """Received body bytes not yet read, over every stream."""
         return self._buffered_total
