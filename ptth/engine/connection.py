@@ -18,8 +18,8 @@ Flow control, per direction we receive on:
   unread bytes of all streams together pass ``Settings.max_buffered`` is connection credit held
   back until the consumers catch up.
 * **Stream credit is returned as the consumer reads.** A stream starts with
-  ``Settings.stream_window``; each time its consumer has read half a window and left nothing
-  unread, its window doubles (up to ``max_stream_window``, from a per-connection
+  ``Settings.stream_window``; each time its consumer has read half a window and left at most
+  half a window unread, its window doubles (up to ``max_stream_window``, from a per-connection
   ``window_pool``), so a fast consumer reaches line rate and a stalled one never grows.
 """
 
@@ -546,7 +546,7 @@ class Engine:
             return
         growth = 0
         limit = self.settings.max_stream_window
-        if not state.buffered and state.window < limit and self._pool > 0:
+        if state.buffered <= state.window // 2 and state.window < limit and self._pool > 0:
             growth = min(state.window, limit - state.window, self._pool)
             state.window += growth
             self._pool -= growth
