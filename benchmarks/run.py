@@ -16,6 +16,9 @@ b. a streamed download of 1 GiB (``GET /stream/N``) on one connection, with curl
    (else a raw trio socket reader): MB/s (10^6 bytes/s) and the router's and backend's peak RSS
    (``VmRSS`` sampled every 10 ms from /proc).
 
+``run.py engine [--quick] [--json PATH]`` is another mode: ptth's HTTP/2 driver against a minimal
+h2 client/server pair, no router and no ASGI (``benchmarks/engine.py``).
+
 ``--quick`` uses 2,000 requests and 256 MiB. Every child is stopped (SIGTERM, then SIGKILL) on
 the way out, whatever happens. See benchmarks/README.md for results and how to read them.
 """
@@ -542,7 +545,14 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Router vs direct hypercorn, side by side.")
+    if sys.argv[1:2] == ["engine"]:
+        import engine
+
+        return engine.main(sys.argv[2:])
+    parser = argparse.ArgumentParser(
+        description="Router vs direct hypercorn, side by side.",
+        epilog="run.py engine --help: the other mode, ptth's driver vs a minimal h2 pair.",
+    )
     parser.add_argument("--quick", action="store_true", help="2,000 requests, 256 MiB, 1 round")
     parser.add_argument(
         "--rounds", type=int, default=None, help="load rounds, median reported (default 3)"
