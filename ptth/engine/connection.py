@@ -161,20 +161,29 @@ class Engine:
             return self._take_events()
         self._last_received = now
         self.bytes_received += len(data)
-        problem = self._guard.check(data)
-        if problem is not None:
-            self._fail(ErrorCodes.PROTOCOL_ERROR, problem)
-            return self._take_events()
-        try:
-            h2_events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
-            self._fail(code, f"protocol error from peer: {exc}", goaway=False)
-            return self._take_events()
         budget = self._budget
-        for event in h2_events:
-            budget.count(event, now)
-            self._handle(event, now)
+        guard = self._guard
+        # One slice of at most FRAMES_PER_SLICE frames at a time: checked by the guard, parsed
+        # by h2, counted against the budgets. A flood of tiny frames then costs a bounded amount
+        # of work past its budget, not a whole read's worth (ARCHITECTURE.md, "Budgets").
+        pos, end = 0, len(data)
+        while pos < end:
+            stop, problem = guard.scan(data, pos)
+            if problem is not None:
+                self._fail(ErrorCodes.PROTOCOL_ERROR, problem)
+                return self._take_events()
+            try:
+                h2_events = self._conn.receive_data(data if stop - pos == end else data[pos:stop])
+            except h2.exceptions.ProtocolError as exc:
+                code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
+                self._fail(code, f"protocol error from peer: {exc}", goaway=False)
+                return self._take_events()
+            for event in h2_events:
+                budget.count(event, now)
+                self._handle(event, now)
+            if budget.exceeded is not None or self.closed is not None:
+                break
+            pos = stop
         if budget.exceeded is not None and self.closed is None:
             # h2 has already queued an ACK for every PING/SETTINGS of the flood: send none.
             self._conn.clear_outbound_data_buffer()

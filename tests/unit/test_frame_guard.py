@@ -48,3 +48,46 @@ def test_random_valid_streams_never_flagged(lengths: list[int], data: st.DataObj
     for cut in [*cuts, len(stream)]:
         assert guard.check(stream[start:cut]) is None
         start = cut
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=40), max_size=300),
+    st.integers(min_value=1, max_value=8),
+    st.data(),
+)
+def test_scan_slices_at_frame_starts_with_a_bounded_frame_count(
+    lengths: list[int], per_slice: int, data: st.DataObject
+) -> None:
+    """``scan`` cuts every read at frame boundaries, at most ``per_slice`` frames a slice, and
+    covers every byte exactly once (the engine feeds h2 and checks budgets slice by slice)."""
+    frames = [frame(0, 4), *(frame(n, 0) for n in lengths)]
+    stream = b"".join(frames)
+    starts = {0}
+    offset = 0
+    for item in frames:
+        offset += len(item)
+        starts.add(offset)
+    guard = FrameGuard(max_frame_size=16384, server_side=False, frames_per_slice=per_slice)
+    reads = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
+    begin = 0
+    for end in [*reads, len(stream)]:
+        chunk = stream[begin:end]
+        pos = 0
+        while pos < len(chunk):
+            stop, problem = guard.scan(chunk, pos)
+            assert problem is None
+            assert pos < stop <= len(chunk)
+            if stop < len(chunk):
+                assert begin + stop in starts  # a cut inside a read is at a frame's start
+            # Frames that start inside the slice (one begun earlier is the earlier slice's).
+            assert sum(1 for s in starts if begin + pos <= s < begin + stop) <= per_slice
+            pos = stop
+        begin = end
+
+
+def test_a_flood_of_tiny_frames_is_sliced() -> None:
+    guard = FrameGuard(max_frame_size=16384, server_side=False)
+    data = frame(0, 4) + frame(1, 1) * 1000  # 1,001 frames of 9-10 bytes in one read
+    stop, problem = guard.scan(data)
+    assert problem is None
+    assert stop == 9 + 63 * 10  # SETTINGS and 63 HEADERS: 64 frames
