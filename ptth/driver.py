@@ -23,6 +23,7 @@ import anyio.abc
 import anyio.lowlevel
 from h2.errors import ErrorCodes
 
+from ._native import Spawn, Waiter, event_factory, open_spawner
 from .engine import (
     BudgetLimits,
     ConnectionClosed,
@@ -57,11 +58,12 @@ class Stream:
     """One stream as its task sees it; every wait raises the stream's error if it failed."""
 
     __slots__ = ("_waiter", "connection", "state")
+    _waiter: Waiter | None
 
     def __init__(self, connection: Connection, state: StreamState) -> None:
         self.connection = connection
         self.state = state
-        self._waiter: anyio.Event | None = None
+        self._waiter = None
         state.handle = self
 
     # -- state -------------------------------------------------------------------------------
@@ -119,7 +121,7 @@ class Stream:
         """Until anything happens on the stream; never raises."""
         waiter = self._waiter
         if waiter is None:
-            waiter = self._waiter = anyio.Event()
+            waiter = self._waiter = self.connection.new_event()
         await waiter.wait()
 
     async def _wait(self) -> None:
@@ -241,14 +243,15 @@ class Connection:
         self._socket = stream
         self._on_stream = on_stream
         self._initial_data = initial_data
-        self._kick: anyio.Event | None = None
+        self._kick: Waiter | None = None
         self._flushed: anyio.Event | None = None
         self._streams_changed: anyio.Event | None = None
         self._settings_seen = False
         self._settings_waiters: list[anyio.Event] = []
         self._closed_waiters: list[anyio.Event] = []
         self._writer_done: anyio.Event | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._spawn: Spawn | None = None
+        self.new_event: Callable[[], Waiter] = anyio.Event
         self._reader_scope: anyio.CancelScope | None = None
         self._linger = False
         self._finished = False
@@ -333,9 +336,10 @@ class Connection:
         """Own the byte stream until the connection closes; stream handlers run inside this."""
         self.engine.start(anyio.current_time())
         self._writer_done = anyio.Event()
+        self.new_event = event_factory()
         try:
-            async with anyio.create_task_group() as group:
-                self._task_group = group
+            async with anyio.create_task_group() as group, open_spawner() as spawn:
+                self._spawn = spawn
                 group.start_soon(self._writer)
                 group.start_soon(self._timer)
                 if self._initial_data:
@@ -405,7 +409,7 @@ class Connection:
                         continue
                     if engine.closed is not None:
                         return
-                    kick = self._kick = anyio.Event()
+                    kick = self._kick = self.new_event()
                     await kick.wait()
             finally:
                 self._writer_done.set()
@@ -479,8 +483,8 @@ class Connection:
 
     def _start_handler(self, state: StreamState) -> None:
         stream = Stream(self, state)
-        assert self._task_group is not None
-        self._task_group.start_soon(self._run_handler, stream)
+        assert self._spawn is not None
+        self._spawn(self._run_handler, stream)
 
     async def _run_handler(self, stream: Stream) -> None:
         assert self._on_stream is not None
