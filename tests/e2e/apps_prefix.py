@@ -6,23 +6,17 @@ framework builds for ``count`` and the X-Forwarded-Prefix header. ``starlette_ap
 WebSocket route ``/ws`` that sends the same as its first message.
 
 * ``starlette_app``: Starlette routes on ``get_route_path`` (``path`` minus ``root_path``) and
-  ``request.url_for`` builds on ``root_path``. Plain async routes: they run on trio (anyio).
-* ``make_django_app()``: Django's ``ASGIHandler`` routes on ``path_info`` (``path`` minus
-  ``root_path``) and ``reverse()`` prefixes ``root_path`` (the script prefix). It is asyncio-only
-  (``asyncio.create_task``, ``asyncio.wait``), so it cannot run on the helper's trio loop:
-  :func:`on_asyncio_thread` runs it on an asyncio loop in a thread, fed the helper's own scope.
+  ``request.url_for`` builds on ``root_path``. Plain async routes: they run on trio too (anyio).
+* ``django_app`` (built on first access: Django's settings are process-wide): Django's
+  ``ASGIHandler`` routes on ``path_info`` (``path`` minus ``root_path``) and ``reverse()``
+  prefixes ``root_path`` (the script prefix). It is asyncio-only (``asyncio.create_task``,
+  ``asyncio.wait``): serve it with ``python -m ptth ... --loop asyncio``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import trio
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.urls import path, reverse
@@ -32,9 +26,6 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
-
-from ptth._types import ASGIApp, Message, Receive, Scope, Send
-from tests.support import serve_lifespan
 
 # -- Starlette -------------------------------------------------------------------------------
 
@@ -124,47 +115,13 @@ def make_django_app() -> Any:
     return get_asgi_application()
 
 
-@asynccontextmanager
-async def on_asyncio_thread(app: Any) -> AsyncIterator[ASGIApp]:
-    """An ASGI app for the trio helper that runs the asyncio-only ``app`` on a loop in a thread.
+_django: list[Any] = []
 
-    The scope is passed through untouched; ``receive``/``send`` cross back to trio. The helper
-    answers lifespan itself (Django has no lifespan support).
-    """
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="asyncio-app", daemon=True)
-    thread.start()
 
-    async def bridged(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await serve_lifespan(receive, send)
-            return
-        token = trio.lowlevel.current_trio_token()
-
-        async def to_trio(fn: Any, *args: Any) -> Any:
-            call = functools.partial(trio.from_thread.run, fn, *args, trio_token=token)
-            return await asyncio.get_running_loop().run_in_executor(None, call)
-
-        async def a_receive() -> Message:
-            message: Message = await to_trio(receive)
-            return message
-
-        async def a_send(message: Message) -> None:
-            await to_trio(send, message)
-
-        future = asyncio.run_coroutine_threadsafe(app(dict(scope), a_receive, a_send), loop)
-        await trio.to_thread.run_sync(future.result)
-
-    try:
-        yield bridged
-    finally:
-
-        async def shut_down() -> None:
-            await loop.shutdown_asyncgens()
-            await loop.shutdown_default_executor()
-
-        done = asyncio.run_coroutine_threadsafe(shut_down(), loop)
-        await trio.to_thread.run_sync(done.result, 10)
-        loop.call_soon_threadsafe(loop.stop)
-        await trio.to_thread.run_sync(thread.join, 10)
-        loop.close()
+def __getattr__(name: str) -> Any:
+    """``django_app``, configured on first access (importing this module configures nothing)."""
+    if name == "django_app":
+        if not _django:
+            _django.append(make_django_app())
+        return _django[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,8 +8,8 @@ mount semantics, as uvicorn does for ``--root-path``: ``root_path`` ``/chat`` an
 (``get_route_path``, ``path_info``), so the app routes ``/count`` and builds user-facing URLs
 (``url_for``, ``reverse``) under ``/chat``.
 
-Django's ASGI handler is asyncio-only and the helper runs apps on trio today, so the Django app
-runs on an asyncio loop in a thread, fed the scope the helper built (``on_asyncio_thread``).
+Django's ASGI handler is asyncio-only, so the Django app is served by a ``python -m ptth
+--loop asyncio`` child process; Starlette is served in process (on trio, through anyio).
 """
 
 from __future__ import annotations
@@ -34,41 +34,49 @@ require_module("django", reason="Django is not installed")
 require_module("websockets", reason="the websockets client is not installed")
 from websockets.sync.client import connect as ws_connect  # noqa: E402 (after the availability check)
 
-from tests.e2e.apps_prefix import (  # noqa: E402 (after the availability check)
-    make_django_app,
-    on_asyncio_thread,
-    starlette_app,
-)
+from tests.e2e.apps_prefix import starlette_app  # noqa: E402 (after the availability check)
 
 FRAMEWORKS = ["starlette", "django"]
+DJANGO = "tests.e2e.apps_prefix:django_app"
 SPOOF = {"x-forwarded-prefix": "/evil"}  # a user's own X-Forwarded-Prefix must never count
 
 
 @asynccontextmanager
-async def framework_app(name: str) -> AsyncIterator[Any]:
-    if name == "starlette":
-        yield starlette_app
-    else:
-        async with on_asyncio_thread(make_django_app()) as app:
-            yield app
-
-
-@asynccontextmanager
 async def serving(
-    framework: str, router_overrides: dict[str, Any] | None = None, **backend: Any
+    framework: str,
+    router_overrides: dict[str, Any] | None = None,
+    *,
+    path_prefix: str | None = None,
+    strip_prefix: bool = False,
+    root_path: str = "",
 ) -> AsyncIterator[RunningRouter]:
-    """A router and one backend serving ``framework``'s app with ``backend`` keywords."""
-    async with framework_app(framework) as app, trio.open_nursery() as nursery:
+    """A router and one backend serving ``framework``'s app: Starlette in process, Django as a
+    ``python -m ptth --loop asyncio`` child with the same settings as flags."""
+    async with trio.open_nursery() as nursery:
         overrides = {"default_service": None, **(router_overrides or {})}
         router = await start_router(nursery, **overrides)
-        handle = await start_backend(nursery, app, router.tunnel, **backend)
-        await router.wait_tunnels(1)
-        try:
-            yield router
-        finally:
-            await handle.stop()
-            assert handle.error is None
-            nursery.cancel_scope.cancel()
+        if framework == "starlette":
+            options = BackendOptions(
+                path_prefix=path_prefix, strip_prefix=strip_prefix, root_path=root_path
+            )
+            handle = await start_backend(nursery, starlette_app, router.tunnel, options=options)
+            await router.wait_tunnels(1)
+            try:
+                yield router
+            finally:
+                await handle.stop()
+                assert handle.error is None
+        else:
+            args = ["-m", "ptth", DJANGO, "--router", router.tunnel, "--loop", "asyncio"]
+            args += ["--path-prefix", path_prefix] if path_prefix else []
+            args += ["--strip-prefix"] if strip_prefix else []
+            args += ["--root-path", root_path] if root_path else []
+            async with child(nursery, *args) as proc:
+                await proc.wait_for(REGISTERED)
+                yield router
+                assert proc.process.poll() is None, proc.text()
+                assert "Traceback" not in proc.text(), proc.text()
+        nursery.cancel_scope.cancel()
 
 
 async def get(router: RunningRouter, path: str, http2: bool = False, **kw: Any) -> httpx.Response:
@@ -153,8 +161,7 @@ async def test_websocket_under_a_stripped_prefix() -> None:
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_root_path_alone_mounts_the_app_as_uvicorn_does(framework: str) -> None:
     # A proxy in front of the router removed /outer: the router sees /count, the user /outer/count.
-    options = BackendOptions(root_path="/outer")
-    async with serving(framework, {"default_service": "default"}, options=options) as router:
+    async with serving(framework, {"default_service": "default"}, root_path="/outer") as router:
         seen = (await get(router, "/count?q=1", headers=SPOOF)).json()
         assert (seen["view"], route_path(seen), seen["path"]) == ("count", "/count", "/outer/count")
         assert seen.get("root_path", seen.get("script_name")) == "/outer"
@@ -165,8 +172,8 @@ async def test_root_path_alone_mounts_the_app_as_uvicorn_does(framework: str) ->
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 async def test_root_path_comes_before_the_stripped_prefix(framework: str) -> None:
-    options = BackendOptions(root_path="/outer/", path_prefix="/chat", strip_prefix=True)
-    async with serving(framework, options=options) as router:
+    prefix = {"path_prefix": "/chat", "strip_prefix": True}
+    async with serving(framework, root_path="/outer/", **prefix) as router:
         seen = (await get(router, "/chat/count")).json()
         assert (route_path(seen), seen["path"]) == ("/count", "/outer/chat/count")
         assert seen["count_url"] == f"{router.url}/outer/chat/count"
