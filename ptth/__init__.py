@@ -65,6 +65,7 @@ def run(
     max_concurrent_streams: int = 1000,
     max_connections: int = 0,
     weight: float = 1.0,
+    strip_prefix: bool = False,
     options: BackendOptions | None = None,
     loop: str = "auto",
 ) -> None:
@@ -83,6 +84,7 @@ def run(
             max_concurrent_streams=max_concurrent_streams,
             max_connections=max_connections,
             weight=weight,
+            strip_prefix=strip_prefix,
             options=options,
         )
 

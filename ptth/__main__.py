@@ -82,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--path-prefix", default=None, help="path prefix to claim, e.g. /api")
     p.add_argument(
+        "--strip-prefix",
+        action="store_true",
+        help="ask the router to cut the --path-prefix from request paths (sent as "
+        "X-Forwarded-Prefix; the app's ASGI root_path)",
+    )
+    p.add_argument(
+        "--root-path",
+        default="",
+        help="ASGI root_path, as uvicorn's --root-path: the prefix a proxy in front of the "
+        "router already removed (app mode only)",
+    )
+    p.add_argument(
         "--token",
         default=os.environ.get("PTTH_TOKEN"),
         help="bearer token for the router (env PTTH_TOKEN)",
@@ -143,10 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if (args.app is None) == (args.to is None):
             raise ConfigError("give exactly one of an app (MODULE:ATTRIBUTE) or --to URL")
+        if args.to is not None and args.root_path:
+            raise ConfigError("--root-path is for an app; with --to set it on the upstream server")
         fields = dict(
             service=args.service,
             hosts=tuple(args.hosts),
             path_prefix=args.path_prefix,
+            strip_prefix=args.strip_prefix,
+            root_path=args.root_path,
             token=args.token,
             connections=args.connections,
             max_concurrent_streams=args.max_streams,

@@ -98,6 +98,7 @@ async def serve_upstream(
     max_concurrent_streams: int = 1000,
     max_connections: int = 0,
     weight: float = 1.0,
+    strip_prefix: bool = False,
     options: BackendOptions | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -118,6 +119,7 @@ async def serve_upstream(
         max_concurrent_streams=max_concurrent_streams,
         max_connections=max_connections,
         weight=weight,
+        strip_prefix=strip_prefix,
     )
     async with anyio.create_task_group() as nursery:
         # The upstream connections must outlive a cancelled serve_upstream while its tunnels

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 import anyio
 import anyio.abc
@@ -49,6 +49,19 @@ def _scheme_from(headers: Headers, default: str, websocket: bool) -> str:
     return scheme
 
 
+def _prefix_from(headers: Headers) -> bytes:
+    """The path prefix the router cut (X-Forwarded-Prefix, set only by the router), or b""."""
+    for name, value in headers:
+        if name == b"x-forwarded-prefix":
+            value = value.strip()
+            return value.rstrip(b"/") if value.startswith(b"/") else b""
+    return b""
+
+
+def _decoded(raw: bytes) -> str:
+    return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
 def build_scope(
     head: RequestHead,
     *,
@@ -56,17 +69,27 @@ def build_scope(
     server: tuple[str, int | None] | None,
     root_path: str,
 ) -> dict[str, Any]:
-    """The ASGI scope, with scheme and client taken from the router's X-Forwarded-* fields."""
-    path = unquote_to_bytes(head.path).decode("utf-8", "replace")
+    """The ASGI scope, with scheme and client taken from the router's X-Forwarded-* fields.
+
+    Mount semantics, as uvicorn's ``--root-path``: ``root_path`` is where the app is mounted in
+    the user's URL space, and ``path`` (and ``raw_path``) is the full path *including* it, which
+    Starlette (``get_route_path``) and Django (``path_info``) cut off again to route. The mount
+    point is the option ``root_path`` (prefix removed by a proxy in front of the router)
+    followed by the X-Forwarded-Prefix of a router that stripped the tunnel's path prefix.
+    """
+    outer = root_path.rstrip("/")
+    prefix = _prefix_from(head.headers)
+    mount = outer + _decoded(prefix)
+    raw_mount = quote(outer, safe="/!$&'()*+,;=:@").encode("ascii") + prefix
     scope: dict[str, Any] = {
         "type": scope_type,
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "2",
         "scheme": _scheme_from(head.headers, head.scheme or "http", scope_type == "websocket"),
-        "path": path,
-        "raw_path": head.path,
+        "path": mount + _decoded(head.path),
+        "raw_path": raw_mount + head.path,
         "query_string": head.query_string,
-        "root_path": root_path,
+        "root_path": mount,
         "headers": head.headers,
         "client": _client_from(head.headers),
         "server": server,

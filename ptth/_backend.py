@@ -62,7 +62,11 @@ class BackendOptions:
     backoff_base: float = 0.1
     backoff_cap: float = 30.0
     backoff_reset_after: float = 30.0
+    # The ASGI root_path (as uvicorn's --root-path): for an app whose prefix a proxy in front
+    # of the router already removed. The router's X-Forwarded-Prefix is appended to it.
     root_path: str = ""
+    # Ask the router to cut the matched path_prefix from request paths (Ptth-Strip-Prefix).
+    strip_prefix: bool = False
 
 
 class _Backend:
@@ -88,6 +92,7 @@ class _Backend:
             weight=options.weight,
             instance=options.instance,
             token=options.token,
+            strip_prefix=options.strip_prefix,
         )
         try:
             self.registration.validate()
@@ -339,14 +344,17 @@ async def serve(
     max_concurrent_streams: int = 1000,
     max_connections: int = 0,
     weight: float = 1.0,
+    strip_prefix: bool = False,
     options: BackendOptions | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` through tunnels to ``router_addr`` until cancelled (then drain and return).
 
     ``router_addr`` is ``"host:port"`` or a list of them; ``connections`` tunnels are kept to
-    each. Raises :class:`~ptth.errors.HandshakeRefused` when a router refuses for good
-    (400/401/403/409) and :class:`~ptth.errors.LifespanError` when startup fails.
+    each. ``strip_prefix`` asks the router to cut ``path_prefix`` from request paths; the app
+    then sees it as its ``root_path`` (ASGI mount semantics). Raises
+    :class:`~ptth.errors.HandshakeRefused` when a router refuses for good (400/401/403/409)
+    and :class:`~ptth.errors.LifespanError` when startup fails.
     """
     addresses, options = resolve_arguments(
         router_addr,
@@ -359,6 +367,7 @@ async def serve(
         max_concurrent_streams=max_concurrent_streams,
         max_connections=max_connections,
         weight=weight,
+        strip_prefix=strip_prefix,
     )
     await run_backend(app, addresses, options, task_status=task_status)
 
@@ -375,6 +384,7 @@ def resolve_arguments(
     max_concurrent_streams: int,
     max_connections: int,
     weight: float,
+    strip_prefix: bool = False,
 ) -> tuple[list[str], BackendOptions]:
     """The router addresses and options that ``serve`` and ``serve_upstream`` were given, checked.
 
@@ -396,6 +406,7 @@ def resolve_arguments(
             max_concurrent_streams=max_concurrent_streams,
             max_connections=max_connections,
             weight=weight,
+            strip_prefix=strip_prefix,
         )
     return addresses, options
 

@@ -60,6 +60,9 @@ class Registration:
     weight: float = 1.0
     instance: str = ""
     token: str | None = None
+    # Ptth-Strip-Prefix: the router removes the matched path prefix from the request path and
+    # names it in X-Forwarded-Prefix. Meaningless (so refused) without a path prefix.
+    strip_prefix: bool = False
 
     def validate(self) -> None:
         """Raise :class:`HandshakeError` (status 400) for values the router would refuse."""
@@ -72,6 +75,8 @@ class Registration:
             not _PREFIX_RE.match(self.path_prefix) or "//" in self.path_prefix
         ):
             raise _bad(f"invalid Ptth-Path-Prefix {self.path_prefix!r}")
+        if self.strip_prefix and not (self.path_prefix or "").strip("/"):
+            raise _bad("Ptth-Strip-Prefix needs a Ptth-Path-Prefix other than /")
         if not (0 < self.weight <= 1000):
             raise _bad(f"Ptth-Weight must be in (0, 1000], got {self.weight!r}")
         if self.instance and not _INSTANCE_RE.match(self.instance):
@@ -129,6 +134,8 @@ class ClientHandshake:
             headers.append(("Ptth-Hosts", ", ".join(reg.hosts)))
         if reg.path_prefix is not None:
             headers.append(("Ptth-Path-Prefix", reg.path_prefix))
+        if reg.strip_prefix:
+            headers.append(("Ptth-Strip-Prefix", "1"))
         if reg.instance:
             headers.append(("Ptth-Instance", reg.instance))
         data = self._conn.send(h11.Request(method="POST", target=WELL_KNOWN_PATH, headers=headers))
@@ -276,6 +283,9 @@ class ServerHandshake:
         except ValueError:
             raise _bad(f"invalid Ptth-Weight {weight_text!r}") from None
         hosts_text = ",".join(fields.get(b"ptth-hosts", []))
+        strip_text = one(b"ptth-strip-prefix")
+        if strip_text not in (None, "0", "1"):
+            raise _bad(f"Ptth-Strip-Prefix must be 0 or 1, got {strip_text!r}")
         registration = Registration(
             service=one(b"ptth-service") or "default",
             hosts=tuple(h.lower().rstrip(".") for h in _split_list(hosts_text)),
@@ -283,6 +293,7 @@ class ServerHandshake:
             weight=weight,
             instance=one(b"ptth-instance") or "",
             token=token,
+            strip_prefix=strip_text == "1",
         )
         registration.validate()
         return registration

@@ -11,7 +11,9 @@ can smuggle a request or inject a header is decided here and in :mod:`ptth._fiel
 * Content-Length together with Transfer-Encoding, or differing Content-Length values, are refused
   (RFC 9112 §6.3, RFC 9110 §8.6);
 * ``:authority`` is rebuilt from Host (RFC 9113 §8.3.1) and X-Forwarded-* are set by the router,
-  trusting incoming ones only from a configured proxy.
+  trusting incoming ones only from a configured proxy;
+* for a backend that asked for it, the matched path prefix is cut from ``:path`` and named in
+  X-Forwarded-Prefix (:func:`strip_path_prefix`).
 
 The rules for single fields (the first three) live in :mod:`ptth._fields`; this module applies
 them to request, response and trailer blocks. Every violation raises
@@ -46,12 +48,19 @@ __all__ = [
     "clean_trailers",
     "from_tunnel_response",
     "parse_request_block",
+    "strip_path_prefix",
     "to_tunnel_request",
 ]
 
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
 _FORWARDING = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-prefix",
+        b"forwarded",
+    }
 )
 # RFC 9110 §6.5.1: framing and routing fields cannot be trailers; TE is a request-header only.
 _TRAILER_FORBIDDEN = frozenset(
@@ -93,9 +102,11 @@ def to_tunnel_request(
     Pseudo-headers come first (RFC 9113 §8.3): ``:method :scheme :authority :path [:protocol]``;
     ``:authority`` is the request's single Host value and Host itself is not repeated. Hop-by-hop
     fields are stripped. Content-Length with Transfer-Encoding, or conflicting Content-Lengths,
-    are refused (RFC 9112 §6.3). X-Forwarded-For/-Proto/-Host (and Forwarded) from the user are
-    dropped and replaced unless ``trusted_proxy``, in which case ``client_addr`` is appended to
-    the incoming X-Forwarded-For and incoming X-Forwarded-Proto/-Host are kept.
+    are refused (RFC 9112 §6.3). X-Forwarded-For/-Proto/-Host/-Prefix (and Forwarded) from the
+    user are dropped and replaced unless ``trusted_proxy``, in which case ``client_addr`` is
+    appended to the incoming X-Forwarded-For and incoming X-Forwarded-Proto/-Host/-Prefix are
+    kept. (X-Forwarded-Prefix is the router's only for a tunnel that strips its prefix: see
+    :func:`strip_path_prefix`.)
     """
     validate_method(method)
     scheme = scheme.lower()
@@ -145,6 +156,34 @@ def to_tunnel_request(
     if protocol is not None:
         pseudo.append((b":protocol", protocol))
     return pseudo + regular + forwarded
+
+
+def strip_path_prefix(block: Headers, prefix: bytes) -> Headers:
+    """The request block for a tunnel registered with ``Ptth-Strip-Prefix``.
+
+    ``prefix`` is the path prefix of the claim the request matched (no trailing slash; it
+    matched at a segment boundary). ``:path`` loses it, keeping an absolute path:
+    ``/chat/count?q=1`` becomes ``/count?q=1``, ``/chat`` and ``/chat/`` become ``/``,
+    ``/chat?q=1`` becomes ``/?q=1``. X-Forwarded-Prefix names what was cut, after any prefix a
+    trusted proxy in front already cut (its X-Forwarded-Prefix, which :func:`to_tunnel_request`
+    keeps only from a trusted proxy): the backend's app is mounted at that path. A ``:path`` the
+    prefix does not start at a segment boundary is left alone, with no X-Forwarded-Prefix.
+    """
+    out: Headers = []
+    outer: bytes | None = None
+    for name, value in block:
+        if name == b":path":
+            rest = value[len(prefix) :]
+            if not value.startswith(prefix) or rest[:1] not in (b"", b"/", b"?", b"#"):
+                return block
+            value = rest if rest.startswith(b"/") else b"/" + rest
+        elif name == b"x-forwarded-prefix":
+            if outer is None and value.startswith(b"/"):
+                outer = value.rstrip(b"/")
+            continue
+        out.append((name, value))
+    out.append((b"x-forwarded-prefix", (outer or b"") + prefix))
+    return out
 
 
 def _parse_status(value: bytes) -> int:

@@ -2,8 +2,9 @@
 
 Both take the same steps around their protocol-specific part: shed load before any work
 (:meth:`ProxyContext.admitted`), route the request to a service (:meth:`ProxyContext.route`),
-acquire a tunnel from the registry, open one stream on it (:func:`tunnel_stream`), and relay the
-backend's response body under the same idle timeout (:func:`next_response_chunk`).
+acquire a tunnel from the registry, open one stream on it (:func:`tunnel_stream`) with the request
+block that tunnel asked for (:func:`block_for`), and relay the backend's response body under the
+same idle timeout (:func:`next_response_chunk`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from h2.errors import ErrorCodes
 
 from ptth._fields import Headers
 from ptth._groups import unwrap
+from ptth._headers import strip_path_prefix
 from ptth._types import Scope
 from ptth.driver import Stream
 from ptth.errors import (
@@ -40,6 +42,7 @@ __all__ = [
     "ClientGone",
     "ProxyContext",
     "bad_request",
+    "block_for",
     "client_host",
     "next_response_chunk",
     "request_target",
@@ -85,15 +88,25 @@ class ProxyContext:
         finally:
             self.in_flight -= 1
 
-    def route(self, host: str, path: bytes) -> str:
-        """The service for this request; 400 for a malformed Host, 404 when none matches."""
+    def route(self, host: str, path: bytes) -> tuple[str, str | None]:
+        """The service for this request and the path prefix that matched it (``None``: none);
+        400 for a malformed Host, 404 when nothing matches."""
         try:
-            service = self.registry.match(host, path.decode("latin-1"))
+            found = self.registry.route(host, path.decode("latin-1"))
         except HeaderError as exc:
             raise bad_request(str(exc)) from None
-        if service is None:
+        if found is None:
             raise NoRoute(f"no service for host {host or '(none)'}")
-        return service
+        return found
+
+
+def block_for(tunnel: RouterTunnel, headers: Headers, prefix: str | None) -> Headers:
+    """The request block as ``tunnel`` wants it: a tunnel registered with Ptth-Strip-Prefix gets
+    the matched ``prefix`` cut from ``:path`` and named in X-Forwarded-Prefix. Decided per tunnel
+    (each sees what it asked for, e.g. while a rolling deploy turns stripping on)."""
+    if prefix is None or not tunnel.registration.strip_prefix:
+        return headers
+    return strip_path_prefix(headers, prefix.encode("ascii"))
 
 
 def bad_request(message: str) -> ProxyError:

@@ -36,6 +36,7 @@ from .proxy_common import (
     ClientGone,
     ProxyContext,
     bad_request,
+    block_for,
     client_host,
     next_response_chunk,
     request_target,
@@ -102,7 +103,7 @@ async def _forward(
     path: bytes,
     outcome: _Outcome,
 ) -> None:
-    service = ctx.route(host, path)
+    service, prefix = ctx.route(host, path)
     client_addr = client_host(scope)
     try:
         headers = to_tunnel_request(
@@ -130,7 +131,8 @@ async def _forward(
         tunnel = await _acquire(ctx, service, tried, body)
         outcome.tunnel_id = tunnel.tunnel_id
         try:
-            await _exchange(ctx, tunnel, headers, body, no_body, scope, send, outcome)
+            block = block_for(tunnel, headers, prefix)
+            await _exchange(ctx, tunnel, block, body, no_body, scope, send, outcome)
             return
         except StreamReset as exc:
             retry = exc.refused and not outcome.status and body.replay is not None

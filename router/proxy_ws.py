@@ -44,6 +44,7 @@ from .proxy_common import (
     ClientGone,
     ProxyContext,
     bad_request,
+    block_for,
     client_host,
     next_response_chunk,
     request_target,
@@ -198,14 +199,15 @@ def _tunnel_request(ctx: ProxyContext, scope: Scope, path: bytes) -> Headers:
 async def _forward(
     ctx: ProxyContext, user: _User, host: str, path: bytes, outcome: _Outcome
 ) -> None:
-    service = ctx.route(host, path)
+    service, prefix = ctx.route(host, path)
     headers = _tunnel_request(ctx, user.scope, path)
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
         tunnel = await ctx.registry.acquire(service, exclude=tried)
         outcome.tunnel_id = tunnel.tunnel_id
         try:
-            await _session(ctx.config, tunnel, headers, user, outcome)
+            block = block_for(tunnel, headers, prefix)
+            await _session(ctx.config, tunnel, block, user, outcome)
             return
         except StreamReset as exc:
             # Nothing is sent on the stream before the backend answers, so a refused stream

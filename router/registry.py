@@ -113,6 +113,10 @@ class Registry:
     def match(self, host: str, path: str) -> str | None:
         return self.routing.match(host, path, trio.current_time())
 
+    def route(self, host: str, path: str) -> tuple[str, str | None] | None:
+        """The service and the matched path prefix (see :meth:`RoutingTable.route`)."""
+        return self.routing.route(host, path, trio.current_time())
+
     async def acquire(self, service: str, *, exclude: set[str] | None = None) -> RouterTunnel:
         """A tunnel with a free stream slot, waiting up to the queue timeout when all are full.
 

@@ -136,13 +136,15 @@ class _Prefixes:
         # Claims change rarely and requests are many: sort here, not in lookup().
         self.longest_first = sorted((p for p in self.services if p), key=len, reverse=True)
 
-    def lookup(self, path: str) -> str | None:
+    def lookup(self, path: str) -> tuple[str, str | None] | None:
+        """The service and the prefix it was matched by (``None``: the prefix-less claim)."""
         for prefix in self.longest_first:
             if path.startswith(prefix) and (
                 len(path) == len(prefix) or path[len(prefix)] in _BOUNDARY
             ):
-                return self.services[prefix]
-        return self.services.get(None)
+                return self.services[prefix], prefix
+        service = self.services.get(None)
+        return None if service is None else (service, None)
 
 
 class RoutingTable:
@@ -221,28 +223,34 @@ class RoutingTable:
         only host-less claims and the catch-all can match it. ``path`` is compared as given (raw,
         query allowed). Raises ``HeaderError`` for a malformed host.
         """
+        found = self.route(host, path, now)
+        return None if found is None else found[0]
+
+    def route(self, host: str, path: str, now: float) -> tuple[str, str | None] | None:
+        """Like :meth:`match`, with the path prefix of the claim that matched (``None`` for a
+        prefix-less claim or the catch-all): the part a ``strip_prefix`` tunnel does not see."""
         if now >= self._next_expiry:
             self._purge(now)
         if host:
             name = normalize_host(host)
             prefixes = self._exact.get(name)
             if prefixes is not None:
-                service = prefixes.lookup(path)
-                if service is not None:
-                    return service
+                found = prefixes.lookup(path)
+                if found is not None:
+                    return found
             if self._wild:
                 dot = name.find(".")
                 while dot > 0:
                     prefixes = self._wild.get(name[dot:])
                     if prefixes is not None:
-                        service = prefixes.lookup(path)
-                        if service is not None:
-                            return service
+                        found = prefixes.lookup(path)
+                        if found is not None:
+                            return found
                     dot = name.find(".", dot + 1)
-        service = self._hostless.lookup(path)
-        if service is not None:
-            return service
-        return self.default_service
+        found = self._hostless.lookup(path)
+        if found is not None:
+            return found
+        return None if self.default_service is None else (self.default_service, None)
 
     def claims(self, now: float) -> list[Claim]:
         """Snapshot every claim still in force, sorted by host then prefix."""

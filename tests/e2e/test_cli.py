@@ -148,6 +148,7 @@ def test_ptth_help_lists_every_flag() -> None:
     assert code == 0, out
     flags = ["--router", "--service", "--host", "--path-prefix", "--token", "--connections"]
     flags += ["--max-streams", "--weight", "--instance", "--drain-timeout", "--log-level"]
+    flags += ["--strip-prefix", "--root-path"]
     for flag in flags:
         assert re.search(rf"(^|\s|\[){re.escape(flag)}\b", out), f"{flag} missing:\n{out}"
     assert "MODULE:ATTRIBUTE" in out

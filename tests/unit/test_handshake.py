@@ -162,3 +162,51 @@ def test_client_never_raises_anything_but_handshake_error(data: bytes) -> None:
         client.receive(b"")
     except HandshakeError:
         pass
+
+
+# -- Ptth-Strip-Prefix --------------------------------------------------------------------------
+
+_UPGRADE = (
+    b"POST /.well-known/ptth HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: reverse\r\nALPN: h2\r\nContent-Length: 0\r\n"
+)
+
+
+def test_strip_prefix_round_trips_as_its_field() -> None:
+    sent = Registration(service="chat", path_prefix="/chat", strip_prefix=True)
+    data = ClientHandshake(sent, "r:1").request_bytes()
+    assert b"\r\nPtth-Strip-Prefix: 1\r\n" in data
+    received, _, _ = _exchange(sent)
+    assert received == sent
+    assert b"Ptth-Strip-Prefix" not in ClientHandshake(Registration(), "r:1").request_bytes()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(b"1", True), (b"0", False), (b" 1 ", True)])
+def test_strip_prefix_field_values(value: bytes, expected: bool) -> None:
+    raw = _UPGRADE + b"Ptth-Path-Prefix: /chat\r\nPtth-Strip-Prefix: " + value + b"\r\n\r\n"
+    registration = ServerHandshake().receive(raw)
+    assert registration is not None
+    assert registration.strip_prefix is expected
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b"Ptth-Strip-Prefix: 1\r\n",  # no prefix to strip
+        b"Ptth-Path-Prefix: /\r\nPtth-Strip-Prefix: 1\r\n",  # "/" is every path: nothing to cut
+        b"Ptth-Path-Prefix: /chat\r\nPtth-Strip-Prefix: yes\r\n",
+        b"Ptth-Path-Prefix: /chat\r\nPtth-Strip-Prefix: \r\n",
+        b"Ptth-Path-Prefix: /chat\r\nPtth-Strip-Prefix: 1\r\nPtth-Strip-Prefix: 1\r\n",
+    ],
+)
+def test_bad_strip_prefix_is_a_400(fields: bytes) -> None:
+    with pytest.raises(HandshakeError) as info:
+        ServerHandshake().receive(_UPGRADE + fields + b"\r\n")
+    assert info.value.status == 400
+    assert "strip-prefix" in str(info.value).lower()
+
+
+@pytest.mark.parametrize("prefix", [None, "/"])
+def test_strip_prefix_without_a_prefix_is_refused_before_sending(prefix: str | None) -> None:
+    with pytest.raises(HandshakeError, match="Ptth-Strip-Prefix needs a Ptth-Path-Prefix"):
+        ClientHandshake(Registration(path_prefix=prefix, strip_prefix=True), "r:1")

@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ptth._asgi_http import build_scope
 from ptth._fields import HOP_BY_HOP, Headers, strip_hop_by_hop, validate_name, validate_value
 from ptth._headers import (
     RequestHead,
     clean_trailers,
     from_tunnel_response,
     parse_request_block,
+    strip_path_prefix,
     to_tunnel_request,
 )
 from ptth.errors import HeaderError
@@ -691,3 +693,72 @@ def test_round_trip_through_the_tunnel(block: Headers, path: bytes) -> None:
     assert head.headers[0] == (b"host", b"h.example:81")
     non_cookie = [f for f in regular(out) if f[0] != b"cookie"]
     assert [f for f in head.headers[1:] if f[0] != b"cookie"] == non_cookie
+
+
+# --- X-Forwarded-Prefix and strip_path_prefix -----------------------------------------------
+
+
+def test_user_sent_forwarded_prefix_is_dropped_unless_trusted() -> None:
+    fields: Headers = [(b"host", b"h"), (b"X-Forwarded-Prefix", b"/evil")]
+    assert values(tunnel(fields), b"x-forwarded-prefix") == []
+    assert values(tunnel(fields, trusted_proxy=True), b"x-forwarded-prefix") == [b"/evil"]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (b"/chat/count?q=1", b"/count?q=1"),
+        (b"/chat", b"/"),
+        (b"/chat/", b"/"),
+        (b"/chat?q=1", b"/?q=1"),
+        (b"/chat/a%2Fb/c", b"/a%2Fb/c"),
+        (b"/chat//x", b"//x"),
+    ],
+)
+def test_strip_path_prefix_cuts_the_path_and_names_the_prefix(path: bytes, expected: bytes) -> None:
+    block = strip_path_prefix(tunnel([(b"host", b"h")], path=path), b"/chat")
+    assert values(block, b":path") == [expected]
+    assert values(block, b"x-forwarded-prefix") == [b"/chat"]
+    assert [n for n, _ in block[:4]] == [b":method", b":scheme", b":authority", b":path"]
+    head = parse_request_block(block)  # still a valid request block for the backend
+    assert head.raw_path == expected
+
+
+@pytest.mark.parametrize("path", [b"/chatroom", b"/other/chat", b"/", b"*"])
+def test_strip_path_prefix_leaves_other_paths_alone(path: bytes) -> None:
+    method = b"OPTIONS" if path == b"*" else b"GET"
+    block = tunnel([(b"host", b"h")], path=path, method=method)
+    assert strip_path_prefix(block, b"/chat") == block
+
+
+def test_strip_path_prefix_appends_to_a_trusted_proxys_prefix() -> None:
+    fields: Headers = [(b"host", b"h"), (b"x-forwarded-prefix", b"/outer/")]
+    block = strip_path_prefix(tunnel(fields, path=b"/chat/x", trusted_proxy=True), b"/chat")
+    assert values(block, b"x-forwarded-prefix") == [b"/outer/chat"]
+    # An untrusted user's value never gets this far; the router's own value replaces it.
+    block = strip_path_prefix(tunnel(fields, path=b"/chat/x"), b"/chat")
+    assert values(block, b"x-forwarded-prefix") == [b"/chat"]
+
+
+@pytest.mark.parametrize(
+    ("root_path", "prefix", "path", "expected"),
+    [
+        ("", None, b"/a%20b", ("", "/a b", b"/a%20b")),
+        ("/outer", None, b"/x", ("/outer", "/outer/x", b"/outer/x")),
+        ("/outer/", None, b"/x", ("/outer", "/outer/x", b"/outer/x")),
+        ("", b"/chat", b"/count", ("/chat", "/chat/count", b"/chat/count")),
+        ("/outer", b"/chat", b"/", ("/outer/chat", "/outer/chat/", b"/outer/chat/")),
+        ("", b"/caf%C3%A9", b"/x", ("/café", "/café/x", b"/caf%C3%A9/x")),
+        ("/a b", None, b"/x", ("/a b", "/a b/x", b"/a%20b/x")),
+        ("", b"chat", b"/x", ("", "/x", b"/x")),  # not an absolute path: ignored
+    ],
+)
+def test_scope_mounts_the_app_at_root_path_then_forwarded_prefix(
+    root_path: str, prefix: bytes | None, path: bytes, expected: tuple[str, str, bytes]
+) -> None:
+    fields: Headers = [(b"host", b"h")]
+    if prefix is not None:
+        fields.append((b"x-forwarded-prefix", prefix))
+    head = parse_request_block(tunnel(fields, path=path, trusted_proxy=True))
+    scope = build_scope(head, scope_type="http", server=None, root_path=root_path)
+    assert (scope["root_path"], scope["path"], scope["raw_path"]) == expected

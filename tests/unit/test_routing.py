@@ -535,3 +535,21 @@ class RoutingMachine(RuleBasedStateMachine):
 
 
 TestRoutingMachine = RoutingMachine.TestCase
+
+
+# --- route: the matched prefix (what a strip-prefix tunnel does not see) --------------------
+
+
+def test_route_names_the_prefix_that_matched() -> None:
+    table = RoutingTable(default_service="site")
+    table.add("t1", "chat", [], "/chat/", 0)  # stored without its trailing slash
+    table.add("t2", "api", ["h.example"], "/api", 0)
+    table.add("t3", "api", ["h.example"], "/api/v2", 0)
+    table.add("t4", "web", ["w.example"], None, 0)
+    assert table.route("x.example", "/chat/count?q=1", 0) == ("chat", "/chat")
+    assert table.route("x.example", "/chat", 0) == ("chat", "/chat")
+    assert table.route("h.example", "/api/v2/x", 0) == ("api", "/api/v2")  # longest first
+    assert table.route("h.example", "/api?x", 0) == ("api", "/api")
+    assert table.route("w.example", "/chatx", 0) == ("web", None)  # a claim without a prefix
+    assert table.route("x.example", "/chatx", 0) == ("site", None)  # the catch-all
+    assert RoutingTable(default_service=None).route("x.example", "/", 0) is None
