@@ -170,7 +170,7 @@ class Engine:
         while pos < end:
             stop, problem = guard.scan(data, pos)
             if problem is not None:
-                self._fail(ErrorCodes.PROTOCOL_ERROR, problem)
+                self._fail(guard.error_code, problem)
                 return self._take_events()
             try:
                 h2_events = self._conn.receive_data(data if stop - pos == end else data[pos:stop])
@@ -180,6 +180,8 @@ class Engine:
                 return self._take_events()
             for event in h2_events:
                 budget.count(event, now)
+                if budget.exceeded is not None:
+                    break  # nothing behind a flood reaches the application (or its memory)
                 self._handle(event, now)
             if budget.exceeded is not None or self.closed is not None:
                 break
@@ -290,7 +292,8 @@ class Engine:
         live = self.liveness
         if self._ping_sent is None or self._ping_sent < self._last_received:
             return self._last_received + min(live.interval, live.dead_after)
-        return max(self._last_received + live.dead_after, self._ping_sent + live.interval)
+        # Unanswered: PING again after ``interval``, or give up at ``dead_after``, which first.
+        return min(self._last_received + live.dead_after, self._ping_sent + live.interval)
 
     def handle_timer(self, now: float) -> list[Event]:
         if self.closed is None:

@@ -18,6 +18,8 @@ __all__ = ["CLIENT_PREFACE", "FRAMES_PER_SLICE", "FrameGuard"]
 
 CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _SETTINGS = 0x4
+_PROTOCOL_ERROR = 0x1
+_FRAME_SIZE_ERROR = 0x6
 _HEADER_SIZE = 9
 FRAMES_PER_SLICE = 64
 
@@ -32,6 +34,7 @@ class FrameGuard:
         self._skip = len(CLIENT_PREFACE) if server_side else 0
         self._header = b""
         self._first = True
+        self.error_code = _PROTOCOL_ERROR  # the GOAWAY code for the problem last reported
 
     def check(self, data: bytes) -> str | None:
         """None if ``data`` continues a well-formed frame sequence, else what is wrong."""
@@ -70,6 +73,7 @@ class FrameGuard:
                 return pos, "first frame is not SETTINGS (not an HTTP/2 peer?)"
             self._first = False
             if length > self.max_frame_size:
+                self.error_code = _FRAME_SIZE_ERROR  # RFC 9113 §4.2
                 return pos, f"frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE"
             self._skip = length
         return end, None
