@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import importlib
@@ -10,14 +11,16 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio.from_thread
 import pytest
 import trio
 
@@ -73,11 +76,39 @@ async def start_router(nursery: trio.Nursery, **overrides: Any) -> RunningRouter
     return RunningRouter(router, addresses, scope)
 
 
+HELPER_LOOPS = ("trio", "asyncio")
+"""The loops :func:`start_backend` can run the helper on (the ``helper_loop`` fixture's values)."""
+HELPER_THREAD = "ptth-asyncio-helper"
+"""The name of the thread an asyncio helper's loop runs in (joined before ``done`` is set)."""
+
+
 @dataclass
 class RunningBackend:
+    """A ``serve`` call running in the background; the same handle on every loop.
+
+    ``error`` is what ``serve`` raised (``None`` if it returned); ``done`` is set once it
+    returned, whichever loop it ran on.
+    """
+
     scope: trio.CancelScope
     done: trio.Event
     error: BaseException | None = None
+    loop: str = "trio"
+    # asyncio only: set once the helper's loop has run the cancellation.
+    cancel_delivered: trio.Event | None = None
+
+    async def cancel(self) -> None:
+        """Cancel ``serve`` (it drains) and return once it saw the cancellation, not the drain.
+
+        On trio that is the next scheduling round; on asyncio, once the helper's loop (in its
+        own thread) ran the cancellation, so that what the test does next happens while the
+        backend drains, as it would on trio.
+        """
+        self.scope.cancel()
+        if self.cancel_delivered is None:
+            await trio.sleep(0)
+        else:
+            await self.cancel_delivered.wait()
 
     async def stop(self) -> None:
         """Cancel ``serve`` (which drains) and wait for it to return."""
@@ -86,29 +117,131 @@ class RunningBackend:
 
 
 async def start_serving(
-    nursery: trio.Nursery, serve: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any
+    nursery: trio.Nursery,
+    serve: Callable[..., Awaitable[None]],
+    *args: Any,
+    loop: str = "trio",
+    **kwargs: Any,
 ) -> RunningBackend:
-    """Run ``serve(*args, **kwargs)`` in ``nursery``; errors are kept on the handle, not raised."""
-    handle = RunningBackend(trio.CancelScope(), trio.Event())
+    """Run ``serve(*args, **kwargs)`` in the background; errors are kept on the handle, not raised.
 
-    async def run() -> None:
-        try:
-            with handle.scope:
-                await serve(*args, **kwargs)
-        except Exception as exc:
-            handle.error = exc
-        finally:
-            handle.done.set()
-
-    nursery.start_soon(run)
+    ``loop="trio"`` runs it in ``nursery``, on the test's own trio loop. ``loop="asyncio"`` runs
+    it on an asyncio event loop in a thread of its own (an anyio blocking portal, open for the
+    backend's life), as an asyncio program awaiting ``ptth.serve`` would. Either way cancelling
+    ``nursery`` or calling :meth:`RunningBackend.stop` cancels ``serve``, which drains, and waits
+    for it to return. On asyncio the app runs in that other thread: it must not touch the test's
+    trio objects (use :class:`ThreadSafeEvent` to signal the test).
+    """
+    if loop == "trio":
+        handle = RunningBackend(trio.CancelScope(), trio.Event())
+        nursery.start_soon(_serve_on_trio, handle, serve, args, kwargs)
+    elif loop == "asyncio":
+        handle = RunningBackend(trio.CancelScope(), trio.Event(), loop=loop)
+        handle.cancel_delivered = trio.Event()
+        await nursery.start(_serve_on_asyncio, handle, serve, args, kwargs)
+    else:
+        raise ValueError(f"loop must be one of {HELPER_LOOPS}, got {loop!r}")
     return handle
 
 
+async def _serve_on_trio(
+    handle: RunningBackend,
+    serve: Callable[..., Awaitable[None]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    try:
+        with handle.scope:
+            await serve(*args, **kwargs)
+    except Exception as exc:
+        handle.error = exc
+    finally:
+        handle.done.set()
+
+
+async def _serve_on_asyncio(
+    handle: RunningBackend,
+    serve: Callable[..., Awaitable[None]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    token = trio.lowlevel.current_trio_token()
+    returned = trio.Event()
+
+    async def in_loop() -> None:  # on the asyncio loop, in the portal's thread
+        try:
+            await serve(*args, **kwargs)
+        except Exception as exc:
+            handle.error = exc  # read by the test only once ``done`` is set
+
+    def on_done(_: concurrent.futures.Future[None]) -> None:  # any thread
+        with suppress(trio.RunFinishedError):
+            token.run_sync_soon(returned.set)
+
+    portal_cm = anyio.from_thread.start_blocking_portal(backend="asyncio", name=HELPER_THREAD)
+    portal = await trio.to_thread.run_sync(portal_cm.__enter__)
+    future: concurrent.futures.Future[None] | None = None
+    try:
+        future = await trio.to_thread.run_sync(portal.start_task_soon, in_loop)
+        future.add_done_callback(on_done)
+        task_status.started()
+        with handle.scope:
+            await returned.wait()  # serve returned (or failed) on its own
+    finally:
+        # Cancelling the future cancels ``serve`` (which drains); leaving the portal waits for
+        # it to return, then stops the loop and joins its thread.
+        with trio.CancelScope(shield=True):
+            if future is not None:
+                future.cancel()
+                # The loop runs its callbacks in order: once this no-op ran, so did the cancel.
+                await trio.to_thread.run_sync(portal.call, _no_op)
+            assert handle.cancel_delivered is not None
+            handle.cancel_delivered.set()
+            await trio.to_thread.run_sync(portal_cm.__exit__, None, None, None)
+        handle.done.set()
+
+
+def _no_op() -> None:
+    pass
+
+
 async def start_backend(
-    nursery: trio.Nursery, app: ASGIApp, router_addr: str | list[str], **kwargs: Any
+    nursery: trio.Nursery,
+    app: ASGIApp,
+    router_addr: str | list[str],
+    *,
+    loop: str = "trio",
+    **kwargs: Any,
 ) -> RunningBackend:
-    """``ptth.serve`` in ``nursery`` (see :func:`start_serving`)."""
-    return await start_serving(nursery, ptth.serve, app, router_addr, **kwargs)
+    """``ptth.serve`` on ``loop`` (see :func:`start_serving`)."""
+    return await start_serving(nursery, ptth.serve, app, router_addr, loop=loop, **kwargs)
+
+
+class ThreadSafeEvent:
+    """An event an app sets on whichever loop serves it, and the trio test waits for.
+
+    A ``trio.Event`` (or an ``anyio.Event`` made in the test, which is one) belongs to the test's
+    loop and is not thread-safe: an app on the asyncio helper thread must not set it. This one
+    may be set from any thread, the test's included. Make it inside the test (it needs the
+    running trio loop).
+    """
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._flag = threading.Event()
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._flag.set()
+        with suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._event.set)
+
+    def is_set(self) -> bool:
+        return self._flag.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 # -- sample apps ---------------------------------------------------------------------------

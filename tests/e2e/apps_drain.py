@@ -5,6 +5,8 @@ module-level ``app`` run by ``python -m ptth``, from the ``PTTH_TEST_BACKEND`` e
 
 Paths: ``/slow?s=SECONDS`` sleeps first (default 1 s); anything else answers at once. POST
 echoes its body. ``/started`` never reaches the network: see ``started`` below.
+
+The apps use anyio, so they run on any loop the helper runs on.
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ from urllib.parse import parse_qs
 import anyio
 
 from ptth._types import ASGIApp, Receive, Scope, Send
-from tests.support import read_body, serve_lifespan
+from tests.support import ThreadSafeEvent, read_body, serve_lifespan
 
 __all__ = ["app", "make_app"]
 
 
-def make_app(name: str, *, started: anyio.Event | None = None) -> ASGIApp:
-    """An app answering as ``name``; ``started`` (if given) is set when a /slow request begins."""
+def make_app(
+    name: str, *, started: ThreadSafeEvent | None = None, events: list[str] | None = None
+) -> ASGIApp:
+    """An app answering as ``name``; ``started`` (if given) is set when a /slow request begins.
+
+    ``events``, if given, records ``"startup"``, ``"shutdown"`` (lifespan) and ``"sent /slow"``
+    (once a /slow response was sent), in order.
+    """
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await serve_lifespan(receive, send)
+            await serve_lifespan(receive, send, events)
             return
         assert scope["type"] == "http"
         body = await read_body(receive)
@@ -48,6 +56,8 @@ def make_app(name: str, *, started: anyio.Event | None = None) -> ASGIApp:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+        if events is not None and scope["path"] == "/slow":
+            events.append("sent /slow")
 
     return app
 

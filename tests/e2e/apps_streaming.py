@@ -30,7 +30,7 @@ DELAY = 0.5
 
 @dataclass
 class Progress:
-    """What the app managed to send on its latest download (trio clock)."""
+    """What the app managed to send on its latest download (times: the app's loop clock)."""
 
     sent: int = 0
     started: float | None = None

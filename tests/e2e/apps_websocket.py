@@ -35,7 +35,6 @@ class Recorder:
     open_sessions: int = 0
     max_open_sessions: int = 0
     flood_sent: int = 0
-    flood_done: anyio.Event = field(default_factory=anyio.Event)
     messages: int = 0
 
 
@@ -95,7 +94,6 @@ async def _route(name: str, rec: Recorder, scope: Scope, receive: Receive, send:
         while rec.flood_sent < size:
             await send({"type": "websocket.send", "bytes": chunk})
             rec.flood_sent += len(chunk)
-        rec.flood_done.set()
         rec.disconnects.append(await receive())
     else:
         await _echo(name, rec, scope, receive, send)

@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from ptth._types import Receive, Scope, Send
-from tests.support import make_hello_app, start_backend, start_router
+from tests.support import ThreadSafeEvent, make_hello_app, start_backend, start_router
 
 
 @pytest.mark.timeout(20)
@@ -69,8 +69,8 @@ async def test_in_flight_cap_sheds_at_once() -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_stalled_request_body_gets_408_and_frees_the_backend() -> None:
-    disconnected = trio.Event()
+async def test_stalled_request_body_gets_408_and_frees_the_backend(helper_loop: str) -> None:
+    disconnected = ThreadSafeEvent()
 
     async def reader(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +87,7 @@ async def test_stalled_request_body_gets_408_and_frees_the_backend() -> None:
 
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, request_body_timeout=0.5)
-        await start_backend(nursery, reader, router.tunnel)
+        await start_backend(nursery, reader, router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         host, port = router.addresses.http
         stream = await trio.open_tcp_stream(host, port)

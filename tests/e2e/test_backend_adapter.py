@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import httpx
 import pytest
 import trio
@@ -24,16 +25,16 @@ async def lying_app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"x" * 50})
         return
     if scope["path"] == "/slow":
-        await trio.sleep(0.5)
+        await anyio.sleep(0.5)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.mark.timeout(20)
-async def test_content_length_lies_fail_only_their_own_stream() -> None:
+async def test_content_length_lies_fail_only_their_own_stream(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        await start_backend(nursery, lying_app, router.tunnel)
+        await start_backend(nursery, lying_app, router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         async with httpx.AsyncClient(base_url=router.url, timeout=5) as client:
             slow = nursery.start_soon

@@ -142,11 +142,11 @@ def make_app() -> ASGIApp:
 
 
 @asynccontextmanager
-async def running(app: ASGIApp | None = None) -> AsyncIterator[RunningRouter]:
-    """An in-process router with one in-process backend serving ``app``."""
+async def running(app: ASGIApp | None = None, loop: str = "trio") -> AsyncIterator[RunningRouter]:
+    """An in-process router with one in-process backend serving ``app`` on ``loop``."""
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, app or make_app(), router.tunnel)
+        backend = await start_backend(nursery, app or make_app(), router.tunnel, loop=loop)
         await router.wait_tunnels(1)
         yield router
         await backend.stop()
@@ -404,8 +404,9 @@ def _request(router: RunningRouter, method: str, path: str, *extra: tuple[str, s
 
 
 @pytest.mark.timeout(20)
-async def test_response_trailers_reach_an_h2_client() -> None:
-    async with running() as router:
+async def test_response_trailers_reach_an_h2_client(helper_loop: str) -> None:
+    """The helper's ``http.response.trailers`` handling, on both loops."""
+    async with running(loop=helper_loop) as router:
         response = await h2_request(
             router, _request(router, "GET", "/trailers", ("te", "trailers"))
         )
@@ -447,7 +448,7 @@ async def test_response_trailers_reach_an_h2_client() -> None:
 
     # HTTP/1.1 has no trailers in hypercorn: the body still arrives whole and the stream ends.
     async with (
-        running() as router,
+        running(loop=helper_loop) as router,
         httpx.AsyncClient(base_url=router.url) as client,
     ):
         h1 = await client.get("/trailers", headers={"TE": "trailers"})
@@ -456,11 +457,13 @@ async def test_response_trailers_reach_an_h2_client() -> None:
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("path", ["/resource", "/empty-trailers"])
-async def test_te_trailers_without_trailers_completes_the_response(path: str) -> None:
+async def test_te_trailers_without_trailers_completes_the_response(
+    path: str, helper_loop: str
+) -> None:
     """A client asking for trailers (every gRPC client does) when none come: a complete
     response, not a reset stream. ``/resource`` sends no trailers at all, ``/empty-trailers``
     announces them and sends an empty section."""
-    async with running() as router:
+    async with running(loop=helper_loop) as router:
         response = await h2_request(router, _request(router, "GET", path, ("te", "trailers")))
     assert response.reset is None, f"stream reset with code {response.reset}"
     assert dict(response.headers)[":status"] == "200"

@@ -1,7 +1,9 @@
 """Routing, balancing and the router's error mapping, end to end.
 
 Real sockets on 127.0.0.1: an in-process router (hypercorn front end + tunnel port) and
-in-process backends (``ptth.serve``), called with httpx over HTTP/1.1 and h2c.
+in-process backends (``ptth.serve``), called with httpx over HTTP/1.1 and h2c. The tests of what
+the app sees (disconnects, errors, lifespan, scope) run the helper on both loops
+(``helper_loop``); routing and balancing are the router's and run it on trio only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 from collections import Counter
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import trio
@@ -20,6 +23,7 @@ from ptth.errors import ConfigError, HandshakeRefused, LifespanError
 from tests.support import (
     RunningBackend,
     RunningRouter,
+    ThreadSafeEvent,
     make_hello_app,
     read_body,
     serve_lifespan,
@@ -372,7 +376,7 @@ async def test_correct_token_is_accepted() -> None:
 # -- 7, 8: timeouts and queueing -----------------------------------------------------------
 
 
-def make_slow_app(delay: float, disconnected: trio.Event | None = None) -> ASGIApp:
+def make_slow_app(delay: float, disconnected: ThreadSafeEvent | None = None) -> ASGIApp:
     """ "/slow" answers after ``delay`` s (or returns early when the router resets the stream);
     anything else answers at once."""
 
@@ -382,7 +386,7 @@ def make_slow_app(delay: float, disconnected: trio.Event | None = None) -> ASGIA
             return
         await read_body(receive)
         if scope["path"] == "/slow":
-            with trio.move_on_after(delay):
+            with anyio.move_on_after(delay):
                 while (await receive())["type"] != "http.disconnect":
                     pass
                 if disconnected is not None:
@@ -394,11 +398,12 @@ def make_slow_app(delay: float, disconnected: trio.Event | None = None) -> ASGIA
 
 
 @pytest.mark.timeout(20)
-async def test_slow_backend_gives_504_after_response_timeout() -> None:
-    disconnected = trio.Event()
+async def test_slow_backend_gives_504_after_response_timeout(helper_loop: str) -> None:
+    disconnected = ThreadSafeEvent()
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, response_timeout=0.5)
-        backend = await start_backend(nursery, make_slow_app(5.0, disconnected), router.tunnel)
+        app = make_slow_app(5.0, disconnected)
+        backend = await start_backend(nursery, app, router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         async with httpx.AsyncClient(base_url=router.url) as client:
             started = trio.current_time()
@@ -490,7 +495,7 @@ def make_failing_app() -> ASGIApp:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"partial", "more_body": True})
             if scope["path"] == "/late":
-                await trio.sleep(0.1)  # let the first bytes reach the user
+                await anyio.sleep(0.1)  # let the first bytes reach the user
             raise RuntimeError("boom mid-body")
         await send_text(send, 200, "ok")
 
@@ -499,10 +504,10 @@ def make_failing_app() -> ASGIApp:
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
-async def test_app_errors_map_to_500_or_an_aborted_response(http2: bool) -> None:
+async def test_app_errors_map_to_500_or_an_aborted_response(http2: bool, helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, make_failing_app(), router.tunnel)
+        backend = await start_backend(nursery, make_failing_app(), router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         async with httpx.AsyncClient(
             base_url=router.url, http1=not http2, http2=http2, timeout=5
@@ -525,7 +530,7 @@ async def test_app_errors_map_to_500_or_an_aborted_response(http2: bool) -> None
 
 
 @pytest.mark.timeout(20)
-async def test_lifespan_startup_failure_raises_and_registers_nothing() -> None:
+async def test_lifespan_startup_failure_raises_and_registers_nothing(helper_loop: str) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "lifespan"
         message = await receive()
@@ -534,7 +539,7 @@ async def test_lifespan_startup_failure_raises_and_registers_nothing() -> None:
 
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, app, router.tunnel)
+        backend = await start_backend(nursery, app, router.tunnel, loop=helper_loop)
         error = await wait_done(backend)
         assert isinstance(error, LifespanError), error
         assert "no database" in str(error)
@@ -544,17 +549,17 @@ async def test_lifespan_startup_failure_raises_and_registers_nothing() -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_cancel_during_a_hung_startup_returns_promptly() -> None:
-    started = trio.Event()
+async def test_cancel_during_a_hung_startup_returns_promptly(helper_loop: str) -> None:
+    started = ThreadSafeEvent()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
         started.set()
-        await trio.sleep_forever()  # never answers lifespan.startup
+        await anyio.sleep_forever()  # never answers lifespan.startup
 
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, app, router.tunnel)
+        backend = await start_backend(nursery, app, router.tunnel, loop=helper_loop)
         with trio.fail_after(2):
             await started.wait()
         with trio.fail_after(2):
@@ -565,7 +570,7 @@ async def test_cancel_during_a_hung_startup_returns_promptly() -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_app_without_lifespan_support_is_served() -> None:
+async def test_app_without_lifespan_support_is_served(helper_loop: str) -> None:
     hello = make_hello_app("nolifespan")
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -575,7 +580,7 @@ async def test_app_without_lifespan_support_is_served() -> None:
 
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, app, router.tunnel)
+        backend = await start_backend(nursery, app, router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         async with httpx.AsyncClient(base_url=router.url) as client:
             response = await client.get("/")
@@ -585,7 +590,7 @@ async def test_app_without_lifespan_support_is_served() -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_lifespan_startup_and_shutdown_run_in_order() -> None:
+async def test_lifespan_startup_and_shutdown_run_in_order(helper_loop: str) -> None:
     events: list[str] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -598,7 +603,7 @@ async def test_lifespan_startup_and_shutdown_run_in_order() -> None:
 
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, app, router.tunnel)
+        backend = await start_backend(nursery, app, router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         assert events == ["startup"]
         async with httpx.AsyncClient(base_url=router.url) as client:
@@ -651,10 +656,10 @@ def header_values(seen: dict[str, Any], name: str) -> list[str]:
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
-async def test_scope_seen_by_the_app(http2: bool) -> None:
+async def test_scope_seen_by_the_app(http2: bool, helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, make_scope_app(), router.tunnel)
+        backend = await start_backend(nursery, make_scope_app(), router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         authority = router.url.removeprefix("http://")
         async with httpx.AsyncClient(base_url=router.url, http1=not http2, http2=http2) as client:
@@ -689,11 +694,13 @@ async def test_scope_seen_by_the_app(http2: bool) -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_root_path_from_backend_options() -> None:
+async def test_root_path_from_backend_options(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
         options = BackendOptions(root_path="/mount")
-        backend = await start_backend(nursery, make_scope_app(), router.tunnel, options=options)
+        backend = await start_backend(
+            nursery, make_scope_app(), router.tunnel, loop=helper_loop, options=options
+        )
         await router.wait_tunnels(1)
         async with httpx.AsyncClient(base_url=router.url) as client:
             # As uvicorn's --root-path: a proxy in front removed /mount, and the scope's path is

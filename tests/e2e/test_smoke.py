@@ -10,10 +10,12 @@ from tests.support import make_hello_app, start_backend, start_router
 
 
 @pytest.mark.timeout(20)
-async def test_get_and_post_through_the_tunnel() -> None:
+async def test_get_and_post_through_the_tunnel(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, make_hello_app("b1"), router.tunnel)
+        backend = await start_backend(
+            nursery, make_hello_app("b1"), router.tunnel, loop=helper_loop
+        )
         await router.wait_tunnels(1)
         async with httpx.AsyncClient(base_url=router.url) as client:
             response = await client.get("/foo")

@@ -6,8 +6,9 @@
 * ``response_idle_timeout`` bounds *silence*: a stream that goes quiet is aborted (the user sees
   an incomplete response and the app a disconnect), one that keeps talking is not.
 
-The app runs in the test's own trio loop, so the send timestamps it puts in each event and the
-arrival times the client records come from the same clock.
+Every test runs the helper on both loops (``helper_loop``): the app uses anyio, and the send
+timestamps it puts in each event and the arrival times the client records both come from
+``time.monotonic``, one clock whichever thread the app runs in.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import trio
@@ -56,7 +58,7 @@ class SSEApp:
             return
         for i in range(int(query.get("n", "5"))):
             await self._event(send, i)
-            await trio.sleep(float(query.get("every", "0.2")))
+            await anyio.sleep(float(query.get("every", "0.2")))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
@@ -82,11 +84,11 @@ async def _read_events(response: httpx.Response) -> list[tuple[dict[str, Any], f
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_each_event_arrives_within_100ms_and_outlives_the_response_timeout(
-    version: str,
+    version: str, helper_loop: str
 ) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, response_timeout=0.5)
-        await start_backend(nursery, SSEApp(), router.tunnel)
+        await start_backend(nursery, SSEApp(), router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         started = time.monotonic()
         async with (
@@ -107,11 +109,11 @@ async def test_each_event_arrives_within_100ms_and_outlives_the_response_timeout
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("version", VERSIONS)
-async def test_silent_stream_is_aborted_by_the_idle_timeout(version: str) -> None:
+async def test_silent_stream_is_aborted_by_the_idle_timeout(version: str, helper_loop: str) -> None:
     app = SSEApp()
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, response_idle_timeout=0.5)
-        await start_backend(nursery, app, router.tunnel)
+        await start_backend(nursery, app, router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         async with _client(router.url, version) as client:
             started = time.monotonic()
@@ -137,10 +139,10 @@ async def test_silent_stream_is_aborted_by_the_idle_timeout(version: str) -> Non
 
 
 @pytest.mark.timeout(30)
-async def test_a_stream_that_keeps_talking_is_not_cut_by_the_idle_timeout() -> None:
+async def test_a_stream_that_keeps_talking_is_not_cut_by_the_idle_timeout(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, response_timeout=0.5, response_idle_timeout=0.5)
-        await start_backend(nursery, SSEApp(), router.tunnel)
+        await start_backend(nursery, SSEApp(), router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         async with (
             _client(router.url, "http1") as client,
@@ -152,7 +154,7 @@ async def test_a_stream_that_keeps_talking_is_not_cut_by_the_idle_timeout() -> N
 
 
 @pytest.mark.timeout(30)
-async def test_plain_chunked_body_is_flushed_chunk_by_chunk() -> None:
+async def test_plain_chunked_body_is_flushed_chunk_by_chunk(helper_loop: str) -> None:
     """Not just SSE: any streamed body reaches the user piece by piece (HTTP/1.1 chunked)."""
     sent: list[float] = []
 
@@ -163,12 +165,12 @@ async def test_plain_chunked_body_is_flushed_chunk_by_chunk() -> None:
         for i in range(5):
             sent.append(time.monotonic())
             await send({"type": "http.response.body", "body": b"%d" % i, "more_body": True})
-            await trio.sleep(0.15)
+            await anyio.sleep(0.15)
         await send({"type": "http.response.body", "body": b""})
 
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        await start_backend(nursery, app, router.tunnel)
+        await start_backend(nursery, app, router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         arrived: list[float] = []
         async with (

@@ -121,7 +121,7 @@ def report(line: str) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_ten_mib_upload_is_hashed_while_streaming() -> None:
+async def test_ten_mib_upload_is_hashed_while_streaming(helper_loop: str) -> None:
     size = 10 * MiB
     upload_chunk = 100_000  # not a divisor of the window sizes, on purpose
     sizes = [min(upload_chunk, size - off) for off in range(0, size, upload_chunk)]
@@ -135,7 +135,7 @@ async def test_ten_mib_upload_is_hashed_while_streaming() -> None:
 
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, max_body=64 * MiB)
-        backend = await start_backend(nursery, make_app(), router.tunnel)
+        backend = await start_backend(nursery, make_app(), router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         for http2 in (False, True):
             async with httpx.AsyncClient(
@@ -194,14 +194,18 @@ async def test_two_hundred_mib_download_keeps_router_memory_bounded() -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_slow_reader_slows_the_backend_and_router_memory_stays_bounded() -> None:
+async def test_slow_reader_slows_the_backend_and_router_memory_stays_bounded(
+    helper_loop: str,
+) -> None:
     size = 64 * MiB
     slow_for = 2.0
     pause = 0.1
     progress = Progress()
     async with trio.open_nursery() as nursery:
         async with router_process(nursery) as router:
-            backend = await start_backend(nursery, make_app(progress), router.tunnel)
+            backend = await start_backend(
+                nursery, make_app(progress), router.tunnel, loop=helper_loop
+            )
             # A fixed receive buffer: Linux would otherwise autotune the client's socket
             # buffer (up to tcp_rmem's max, 32 MiB here), which is the kernel's memory, not
             # the router's, and would make the numbers below depend on the machine's load.
@@ -267,10 +271,10 @@ async def test_slow_reader_slows_the_backend_and_router_memory_stays_bounded() -
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
-async def test_response_chunks_arrive_as_produced(http2: bool) -> None:
+async def test_response_chunks_arrive_as_produced(http2: bool, helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
-        backend = await start_backend(nursery, make_app(), router.tunnel)
+        backend = await start_backend(nursery, make_app(), router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         async with httpx.AsyncClient(base_url=router.url, http1=not http2, http2=http2) as client:
             await client.get("/two-chunks")  # connection set up outside the measurement

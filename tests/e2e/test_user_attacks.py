@@ -14,7 +14,8 @@
   full socket, over h2 with a full socket, and over h2 with a flow-control window of 0. The
   response is aborted and the backend's stream reset once the user took nothing for
   ``response_idle_timeout`` seconds, and the router's memory stays bounded by the windows.
-  A slow reader that keeps taking data is never cut.
+  A slow reader that keeps taking data is never cut. The backend's side of that (the app hears
+  ``http.disconnect``) is checked with the helper on both loops (``helper_loop``).
 
 Every number a test measures is printed (``pytest -s`` shows them).
 """
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import h2.config
 import h2.connection
 import h2.errors
@@ -79,13 +82,15 @@ async def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
 @dataclass
 class AttackedApp:
     """``/fast`` answers at once; ``/big`` streams ``BIG`` bytes; anything else holds until the
-    user goes away. Counts the requests running at any moment and remembers the peak."""
+    user goes away. Counts the requests running at any moment and remembers the peak.
+
+    Written with anyio (it runs on either helper loop); its times are ``time.monotonic()``."""
 
     active: int = 0
     peak: int = 0
     started: int = 0
     sent: int = 0  # body bytes of the latest /big whose send returned
-    disconnected_at: float | None = None  # when /big saw http.disconnect (trio clock)
+    disconnected_at: float | None = None  # when /big saw http.disconnect (time.monotonic)
     finished_at: float | None = None
 
     BIG = 256 * MiB
@@ -121,23 +126,23 @@ class AttackedApp:
         await send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
         )
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
 
             async def watch() -> None:
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                self.disconnected_at = trio.current_time()
-                nursery.cancel_scope.cancel()
+                self.disconnected_at = time.monotonic()
+                tasks.cancel_scope.cancel()
 
-            nursery.start_soon(watch)
+            tasks.start_soon(watch)
             for _ in range(self.BIG // len(chunk)):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.sent += len(chunk)
                 # After a reset ptth drops sends at once: let watch() see the disconnect.
-                await trio.lowlevel.checkpoint()
+                await anyio.lowlevel.checkpoint()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.finished_at = trio.current_time()
-            nursery.cancel_scope.cancel()
+            self.finished_at = time.monotonic()
+            tasks.cancel_scope.cancel()
 
 
 # -- 1. Rapid Reset -------------------------------------------------------------------------
@@ -368,17 +373,17 @@ async def h2_stop_reading(sock: trio.socket.SocketType, *, window: int) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["h1-socket", "h2-socket", "h2-window-0"])
-async def test_a_user_who_stops_reading_loses_the_response(mode: str) -> None:
+async def test_a_user_who_stops_reading_loses_the_response(mode: str, helper_loop: str) -> None:
     idle = 1.5
     app = AttackedApp()
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, response_idle_timeout=idle)
-        await start_backend(nursery, app, router.tunnel)
+        await start_backend(nursery, app, router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         baseline = peak = rss_mib()
         with small_socket() as sock:
             await sock.connect(router.addresses.http)
-            start = trio.current_time()
+            start = time.monotonic()
             if mode == "h1-socket":
                 await h1_stop_reading(sock)
             else:

@@ -1,8 +1,9 @@
 """WebSockets end to end: a real client (``websockets``) -> router front end -> RFC 8441 extended
 CONNECT in the tunnel -> the backend's ASGI ``websocket`` app (issue 3 item 1).
 
-The sync ``websockets`` client runs in worker threads (``trio.to_thread``) while router and
-backends run in the test's trio loop; the 1,000-session test uses its asyncio client in a thread.
+The sync ``websockets`` client runs in worker threads (``trio.to_thread``) while the router runs
+in the test's trio loop; the 1,000-session test uses its asyncio client in a thread. Tests of the
+helper's side run it on both loops (``helper_loop``: the test's trio loop, or asyncio in a thread).
 """
 
 from __future__ import annotations
@@ -86,11 +87,15 @@ def in_flight(router: RunningRouter) -> int:
 
 
 async def one_backend(
-    nursery: trio.Nursery, recorder: Recorder | None = None, **router_overrides: Any
+    nursery: trio.Nursery,
+    recorder: Recorder | None = None,
+    *,
+    loop: str = "trio",
+    **router_overrides: Any,
 ) -> tuple[RunningRouter, Recorder]:
     rec = recorder or Recorder()
     router = await start_router(nursery, **router_overrides)
-    await start_backend(nursery, make_app("b1", rec), router.tunnel)
+    await start_backend(nursery, make_app("b1", rec), router.tunnel, loop=loop)
     await router.wait_tunnels(1)
     return router, rec
 
@@ -100,9 +105,9 @@ async def one_backend(
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("compression", ["deflate", None], ids=["deflate", "plain"])
-async def test_echo_text_and_binary(compression: str | None) -> None:
+async def test_echo_text_and_binary(compression: str | None, helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, rec = await one_backend(nursery)
+        router, rec = await one_backend(nursery, loop=helper_loop)
 
         def client() -> None:
             with open_ws(ws_url(router, "/echo?x=1"), compression=compression) as ws:
@@ -124,9 +129,9 @@ async def test_echo_text_and_binary(compression: str | None) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_16_mib_messages_both_ways_and_the_limit() -> None:
+async def test_16_mib_messages_both_ways_and_the_limit(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, rec = await one_backend(nursery)
+        router, rec = await one_backend(nursery, loop=helper_loop)
 
         def client() -> None:
             with open_ws(ws_url(router, "/echo"), compression=None) as ws:
@@ -154,9 +159,9 @@ async def test_16_mib_messages_both_ways_and_the_limit() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_subprotocol_negotiation() -> None:
+async def test_subprotocol_negotiation(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, _ = await one_backend(nursery)
+        router, _ = await one_backend(nursery, loop=helper_loop)
 
         def client() -> None:
             cases: list[tuple[list[str], str | None]] = [
@@ -176,9 +181,9 @@ async def test_subprotocol_negotiation() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_ping_pong_from_the_client() -> None:
+async def test_ping_pong_from_the_client(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, _ = await one_backend(nursery)
+        router, _ = await one_backend(nursery, loop=helper_loop)
 
         def client() -> None:
             with open_ws(ws_url(router, "/echo")) as ws:
@@ -195,9 +200,9 @@ async def test_ping_pong_from_the_client() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_close_code_and_reason_from_client_to_app() -> None:
+async def test_close_code_and_reason_from_client_to_app(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, rec = await one_backend(nursery)
+        router, rec = await one_backend(nursery, loop=helper_loop)
 
         def client() -> None:
             ws = open_ws(ws_url(router, "/echo"))
@@ -216,9 +221,9 @@ async def test_close_code_and_reason_from_client_to_app() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_close_code_and_reason_from_app_to_client() -> None:
+async def test_close_code_and_reason_from_app_to_client(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, rec = await one_backend(nursery)
+        router, rec = await one_backend(nursery, loop=helper_loop)
 
         def client() -> tuple[int, str]:
             with open_ws(ws_url(router, "/echo")) as ws:
@@ -234,9 +239,9 @@ async def test_close_code_and_reason_from_app_to_client() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_user_vanishing_without_close_frame_reaches_app_as_1006() -> None:
+async def test_user_vanishing_without_close_frame_reaches_app_as_1006(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, rec = await one_backend(nursery)
+        router, rec = await one_backend(nursery, loop=helper_loop)
 
         def client() -> None:
             ws = open_ws(ws_url(router, "/echo"))
@@ -253,9 +258,9 @@ async def test_user_vanishing_without_close_frame_reaches_app_as_1006() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_app_crash_after_accept_closes_with_1011() -> None:
+async def test_app_crash_after_accept_closes_with_1011(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, _ = await one_backend(nursery)
+        router, _ = await one_backend(nursery, loop=helper_loop)
 
         def client() -> tuple[int, str]:
             with open_ws(ws_url(router, "/crash-after")) as ws:
@@ -269,9 +274,9 @@ async def test_app_crash_after_accept_closes_with_1011() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_denials_reach_the_client_as_http_responses() -> None:
+async def test_denials_reach_the_client_as_http_responses(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, _ = await one_backend(nursery)
+        router, _ = await one_backend(nursery, loop=helper_loop)
 
         def client() -> None:
             response = rejection(ws_url(router, "/deny"))
@@ -353,13 +358,14 @@ async def test_full_tunnels_queue_then_503() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_tunnel_lost_before_the_accept_gives_502() -> None:
+async def test_tunnel_lost_before_the_accept_gives_502(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
         backend = await start_backend(
             nursery,
             make_app("b1"),
             router.tunnel,
+            loop=helper_loop,
             options=BackendOptions(drain_timeout=0.2, backoff_base=30),
         )
         await router.wait_tunnels(1)
@@ -378,13 +384,14 @@ async def test_tunnel_lost_before_the_accept_gives_502() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_tunnel_lost_mid_conversation_closes_with_1011() -> None:
+async def test_tunnel_lost_mid_conversation_closes_with_1011(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
         backend = await start_backend(
             nursery,
             make_app("b1"),
             router.tunnel,
+            loop=helper_loop,
             options=BackendOptions(drain_timeout=0.2, backoff_base=30),
         )
         await router.wait_tunnels(1)
@@ -455,7 +462,7 @@ async def test_sessions_balance_across_backends_and_release_their_slots() -> Non
 
 
 @pytest.mark.timeout(40)
-async def test_drain_keeps_open_sessions_and_routes_new_ones_elsewhere() -> None:
+async def test_drain_keeps_open_sessions_and_routes_new_ones_elsewhere(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery)
         rec1 = Recorder()
@@ -463,12 +470,13 @@ async def test_drain_keeps_open_sessions_and_routes_new_ones_elsewhere() -> None
             nursery,
             make_app("b1", rec1),
             router.tunnel,
+            loop=helper_loop,
             options=BackendOptions(drain_timeout=20, backoff_base=30),
         )
         await router.wait_tunnels(1)
         ws = await in_thread(open_ws, ws_url(router, "/echo"))
         assert ws.response.headers["x-backend"] == "b1"
-        await start_backend(nursery, make_app("b2"), router.tunnel)
+        await start_backend(nursery, make_app("b2"), router.tunnel, loop=helper_loop)
         await router.wait_tunnels(2)
         async with trio.open_nursery() as inner:
             inner.start_soon(b1.stop)
@@ -552,9 +560,9 @@ def _h2_websocket_session(host: str, port: int) -> tuple[int, list[object], int]
 
 
 @pytest.mark.timeout(30)
-async def test_h2_extended_connect_from_the_user() -> None:
+async def test_h2_extended_connect_from_the_user(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
-        router, rec = await one_backend(nursery)
+        router, rec = await one_backend(nursery, loop=helper_loop)
         host, port = router.addresses.http
         status, echoed, code = await in_thread(_h2_websocket_session, host, port)
         assert status == 200
@@ -612,12 +620,16 @@ def _thousand_sessions(url: str) -> tuple[float, float, int]:
 
 
 @pytest.mark.timeout(150)
-async def test_a_thousand_concurrent_sessions_over_one_tunnel() -> None:
+async def test_a_thousand_concurrent_sessions_over_one_tunnel(helper_loop: str) -> None:
     async with trio.open_nursery() as nursery:
         rec = Recorder()
         router = await start_router(nursery, max_streams_per_tunnel=SESSIONS)
         await start_backend(
-            nursery, make_app("b1", rec), router.tunnel, max_concurrent_streams=SESSIONS
+            nursery,
+            make_app("b1", rec),
+            router.tunnel,
+            loop=helper_loop,
+            max_concurrent_streams=SESSIONS,
         )
         await router.wait_tunnels(1)
         open_time, elapsed, checked = await in_thread(_thousand_sessions, ws_url(router, "/echo"))
@@ -657,7 +669,7 @@ def _raw_upgrade(host: str, port: int, path: str) -> socket.socket:
 
 
 @pytest.mark.timeout(120)
-async def test_a_client_that_stops_reading_does_not_grow_the_router() -> None:
+async def test_a_client_that_stops_reading_does_not_grow_the_router(helper_loop: str) -> None:
     flood = 200 * MiB
     with spawn(
         "-m", "router", "--http", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", "--access-log", "false"
@@ -673,7 +685,7 @@ async def test_a_client_that_stops_reading_does_not_grow_the_router() -> None:
         host, port, tunnel = match.group(1), int(match.group(2)), match.group(3)
         async with trio.open_nursery() as nursery:
             rec = Recorder()
-            await start_backend(nursery, make_app("b1", rec), tunnel)
+            await start_backend(nursery, make_app("b1", rec), tunnel, loop=helper_loop)
             await trio.sleep(0.5)
             baseline = _rss_kib(proc.pid)
             sock = await in_thread(_raw_upgrade, host, port, f"/flood?size={flood}")
