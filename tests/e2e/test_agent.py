@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import anyio
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
