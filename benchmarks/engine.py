@@ -4,8 +4,9 @@ Two implementations of the same exchange, each a server process and a client pro
 one TCP connection on 127.0.0.1:
 
 * **A, the pair**: the least Python that can speak HTTP/2 with python-hyper h2: blocking sockets
-  (each process owns one socket, so no selector is needed), one ``recv`` and one ``sendall`` per
-  batch of events, every h2 validation and normalisation off, the handler inline in the event
+  (each process owns one socket, so no selector is needed; blocking calls beat an event loop's
+  readiness round trips), one ``recv_into`` and one ``sendall`` per batch of events (bulk output:
+  one per 512 KiB), every h2 validation and normalisation off, the handler inline in the event
   loop. Windows of 16 MiB (connection and stream) and 256 KiB frames. It is the physical limit of
   this stack: what h2 itself costs, plus the sockets.
 * **B, ptth**: ``ptth.driver.Connection`` on each side (anyio; run under trio, asyncio and, if
@@ -18,7 +19,8 @@ fixed time; the round trip of one stream at a time (p50, p99: the latencies of t
 MB/s (10^6 bytes/s) of one stream's bulk download, read and discarded as it arrives (so flow
 control runs). Every figure is measured for every implementation in turn (A B B B, then the same
 reversed), each round on a fresh connection after a warm-up, and the table shows the median of
-the rounds; the machine may be shared and noisy.
+the rounds; the machine may be shared and noisy, so the CPU each side spent per request (or per
+GB) is printed too: it moves much less with the neighbours' load than the rates do.
 
     .venv/bin/python benchmarks/run.py engine            # 5 rounds, about 100 s
     .venv/bin/python benchmarks/run.py engine --quick    # 1 round, about 15 s
@@ -71,6 +73,9 @@ FRAME = 256 * KiB  # the pair's max frame size, and the chunk both servers send 
 WINDOW = 16 * MiB  # the pair's connection and stream windows
 MAX_STREAMS = 1000  # the pair's SETTINGS_MAX_CONCURRENT_STREAMS, as ptth's
 RECV_SIZE = 1 * MiB
+# Bulk output leaves in sendall calls of 512 KiB, not a whole window's worth at once: measured,
+# 16 MiB calls cost the pair's server twice the CPU per GB (h2 copies its output buffer).
+SEND_BATCH = 512 * KiB
 CHUNK = b"\x5a" * FRAME
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"bench")]
 RESPONSE = [(b":status", b"200")]
@@ -92,10 +97,12 @@ def percentile(sorted_values: list[int], pct: float) -> float:
     return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
 
 
-def rps_result(latencies: list[int], seconds: float, ok: bool) -> dict[str, Any]:
+def rps_result(latencies: list[int], seconds: float, ok: bool, completed: int) -> dict[str, Any]:
+    """``latencies``: the measured window's; ``completed``: every request, warm-up included."""
     latencies.sort()
     return {
         "requests": len(latencies),
+        "completed": completed,
         "seconds": seconds,
         "rps": len(latencies) / seconds if seconds > 0 else 0.0,
         "p50_us": percentile(latencies, 50) / 1000,
@@ -135,15 +142,16 @@ def pair_connection(client_side: bool) -> h2.connection.H2Connection:
     return conn
 
 
-def receiver(sock: socket.socket) -> Callable[[], bytes]:
-    """``recv`` into one preallocated buffer: ``sock.recv(1 MiB)`` would allocate 1 MiB per call
-    (measured: +50 us on a 20 us loopback round trip); the copy out is only what arrived."""
+def receiver(sock: socket.socket) -> Callable[[], memoryview]:
+    """``recv`` into one preallocated buffer, handed to h2 as a view (h2 copies it into its own
+    buffer at once): ``sock.recv(1 MiB)`` would allocate 1 MiB per call (measured: +50 us on a
+    20 us loopback round trip), ``bytes(view)`` would copy every byte once more."""
     buffer = bytearray(RECV_SIZE)
     view = memoryview(buffer)
     recv_into = sock.recv_into
 
-    def receive() -> bytes:
-        return bytes(view[: recv_into(buffer)])
+    def receive() -> memoryview:
+        return view[: recv_into(buffer)]
 
     return receive
 
@@ -171,9 +179,14 @@ def pair_serve_connection(sock: socket.socket) -> None:
             elif kind is h2.events.DataReceived:
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         for sid, left in list(sending.items()):
+            framed = 0
             while left and (n := min(left, FRAME, conn.local_flow_control_window(sid))) > 0:
                 left -= n
                 conn.send_data(sid, CHUNK if n == FRAME else CHUNK[:n], end_stream=not left)
+                framed += n
+                if framed >= SEND_BATCH:
+                    sock.sendall(conn.data_to_send())
+                    framed = 0
             sending[sid] = left
             if not left:
                 del sending[sid]
@@ -244,7 +257,8 @@ def pair_rps(port: int, streams: int, duration: float, warmup: float) -> dict[st
                     raise ConnectionError(f"unexpected {event}")
             if out := conn.data_to_send():
                 sock.sendall(out)
-    return rps_result(latencies, (t_end - t_begin) / 1e9, not bad and body == 3 * completed)
+    ok = not bad and body == 3 * completed
+    return rps_result(latencies, (t_end - t_begin) / 1e9, ok, completed)
 
 
 def pair_bulk(port: int, size: int) -> dict[str, Any]:
@@ -275,12 +289,14 @@ def pair_bulk(port: int, size: int) -> dict[str, Any]:
                     sock.sendall(out)
             seconds = time.perf_counter() - t0
             if label == "bulk":
-                result = bulk_result(received, seconds, status == b"200" and received == n)
+                result = bulk_result(received, seconds, status == b"200" and received == n, size)
     return result
 
 
-def bulk_result(received: int, seconds: float, ok: bool) -> dict[str, Any]:
-    return {"bytes": received, "seconds": seconds, "mb_s": received / seconds / 1e6, "ok": ok}
+def bulk_result(received: int, seconds: float, ok: bool, size: int) -> dict[str, Any]:
+    total = received + max(size // 16, 4 * MiB)  # with the warm-up's bytes
+    mb_s = received / seconds / 1e6
+    return {"bytes": received, "total_bytes": total, "seconds": seconds, "mb_s": mb_s, "ok": ok}
 
 
 # -- B: ptth.driver.Connection ------------------------------------------------------------------
@@ -369,7 +385,7 @@ async def ptth_rps(
         await anyio.sleep(duration)
         state["measuring"], state["stopping"], t_end = False, True, time.perf_counter()
     ok = not state["bad"] and state["body"] == 3 * state["completed"]
-    return rps_result(latencies, t_end - t_begin, ok)
+    return rps_result(latencies, t_end - t_begin, ok, state["completed"])
 
 
 async def ptth_bulk(conn: Connection, size: int) -> dict[str, Any]:
@@ -384,7 +400,8 @@ async def ptth_bulk(conn: Connection, size: int) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         await stream.aclose()
         if label == "bulk":
-            result = bulk_result(received, seconds, headers[0] == RESPONSE[0] and received == n)
+            ok = headers[0] == RESPONSE[0] and received == n
+            result = bulk_result(received, seconds, ok, size)
     return result
 
 
@@ -547,6 +564,7 @@ class Impl:
         if not result["ok"]:
             raise RuntimeError(f"{self.label}: wrong responses in {command}: {result}")
         result["cpu_server"], result["cpu_client"] = used[0] / wall, used[1] / wall
+        result["cpu_server_s"], result["cpu_client_s"] = used
         result["cpu_other"] = max(0.0, busy_seconds() - busy - sum(used)) / wall
         return result
 
@@ -599,14 +617,31 @@ class Results:
     impls: list[Impl]
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # impl, figure
     cpu: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
+    # CPU per unit of work, server and client: us per request, or s per GB of bulk
+    cost: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
     other: list[float] = field(default_factory=list)
 
     def add(self, impl: str, figure: str, value: float, result: dict[str, Any]) -> None:
         self.samples.setdefault(impl, {}).setdefault(figure, []).append(value)
+        if figure.startswith("rtt"):
+            return  # the 1-stream run's, already counted under rps1
         self.cpu.setdefault(impl, {}).setdefault(figure, []).append(
             (result["cpu_server"], result["cpu_client"])
         )
+        if figure == "bulk":
+            unit = 1e9 / result["total_bytes"]
+        else:
+            unit = 1e6 / max(result["completed"], 1)
+        self.cost.setdefault(impl, {}).setdefault(figure, []).append(
+            (result["cpu_server_s"] * unit, result["cpu_client_s"] * unit)
+        )
         self.other.append(result["cpu_other"])
+
+    def median_pair(
+        self, table: dict[str, dict[str, list[tuple[float, float]]]], impl: str, figure: str
+    ) -> tuple[float, float]:
+        values = table[impl][figure]
+        return statistics.median(v for v, _ in values), statistics.median(v for _, v in values)
 
     def median(self, impl: str, figure: str) -> float:
         return statistics.median(self.samples[impl][figure])
@@ -722,15 +757,7 @@ def report(results: Results, sizes: Sizes, out: Any) -> dict[str, Any]:
                 "met": verdict == "ok" if target else None,
             }
         print(f"{line.rstrip():<{len(header)}}  {target.text if target else ''}", file=out)
-    print("\nCPU during each figure (median share of one core), server + client:", file=out)
-    for impl in results.impls:
-        parts = []
-        for figure in ("rps1", "rps10", "rps100", "bulk"):
-            shares = results.cpu[impl.name][figure]
-            server = statistics.median(s for s, _ in shares)
-            client = statistics.median(c for _, c in shares)
-            parts.append(f"{figure} {server * 100:.0f}+{client * 100:.0f}%")
-        print(f"  {impl.label:<14} {', '.join(parts)}", file=out)
+    print_cpu(results, out)
     other = max(results.other, default=0.0)
     if other > 0.25:
         print(
@@ -752,9 +779,53 @@ def report(results: Results, sizes: Sizes, out: Any) -> dict[str, Any]:
         },
         "samples": results.samples,
         "cpu_server_client": results.cpu,
+        "cpu_per_unit_server_client": results.cost,
         "b_over_a": summary,
         "other_cpu_max": other,
     }
+
+
+COST_ROWS = {
+    "rps1": "CPU us per request, 1 stream",
+    "rps10": "CPU us per request, 10 str.",
+    "rps100": "CPU us per request, 100 str.",
+    "bulk": "CPU s per GB of bulk",
+}
+
+
+def print_cpu(results: Results, out: Any) -> None:
+    """CPU per unit of work (server + client): unlike rates, hardly moved by a busy machine."""
+    pair, others = results.impls[0], results.impls[1:]
+    print(
+        "\nCPU per unit of work, server + client (median; a busy machine moves it much less "
+        "than the rates above):",
+        file=out,
+    )
+    header = f"{'':<30} {pair.label:>16}"
+    for impl in others:
+        header += f" {impl.label:>16} {'B/A':>5}"
+    print(header, file=out)
+    for figure, title in COST_ROWS.items():
+        base = sum(results.median_pair(results.cost, pair.name, figure))
+        line = f"{title:<30} {cost_text(results, pair.name, figure):>16}"
+        for impl in others:
+            total = sum(results.median_pair(results.cost, impl.name, figure))
+            line += f" {cost_text(results, impl.name, figure):>16} {total / base:>5.2f}"
+        print(line, file=out)
+    print("share of a core used (server + client):", file=out)
+    for impl in results.impls:
+        parts = []
+        for figure in COST_ROWS:
+            server, client = results.median_pair(results.cpu, impl.name, figure)
+            parts.append(f"{figure} {server * 100:.0f}+{client * 100:.0f}%")
+        print(f"  {impl.label:<14} {', '.join(parts)}", file=out)
+
+
+def cost_text(results: Results, impl: str, figure: str) -> str:
+    server, client = results.median_pair(results.cost, impl, figure)
+    if figure == "bulk":
+        return f"{server:.2f}+{client:.2f}"
+    return f"{server:.0f}+{client:.0f}"
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
