@@ -73,8 +73,9 @@ FRAME = 256 * KiB  # the pair's max frame size, and the chunk both servers send 
 WINDOW = 16 * MiB  # the pair's connection and stream windows
 MAX_STREAMS = 1000  # the pair's SETTINGS_MAX_CONCURRENT_STREAMS, as ptth's
 RECV_SIZE = 1 * MiB
-# Bulk output leaves in sendall calls of 512 KiB, not a whole window's worth at once: measured,
-# 16 MiB calls cost the pair's server twice the CPU per GB (h2 copies its output buffer).
+# Bulk output leaves in sendall calls of 512 KiB, not a window's worth at once. Measured, server
+# CPU per GB: 0.7 s at 256-512 KiB, 2.8 s at 1-2 MiB, 1.1 s at 16 MiB; the difference is glibc
+# mapping and unmapping h2's big output buffers (gone with MALLOC_MMAP_THRESHOLD_ raised).
 SEND_BATCH = 512 * KiB
 CHUNK = b"\x5a" * FRAME
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"bench")]
@@ -921,7 +922,7 @@ def summarise_profile(path: Path, top: int) -> str:
     own: collections.Counter[str] = collections.Counter()
     cumulative: collections.Counter[str] = collections.Counter()
     packages: collections.Counter[str] = collections.Counter()
-    total = in_h2 = 0
+    total = in_h2 = threads = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -929,6 +930,9 @@ def summarise_profile(path: Path, top: int) -> str:
         count = int(count_text)
         # "func (pkg/module.py:123)" -> "func (pkg/module.py)": a function, not a line
         frames = [f.rsplit(":", 1)[0] + ")" if ":" in f else f for f in stack.split(";")]
+        if frames[0].startswith("Thread._bootstrap"):
+            threads += count  # e.g. asyncio's idle resolver thread, which py-spy calls busy
+            continue
         total += count
         own[frames[-1]] += count
         packages[package(frames[-1])] += count
@@ -937,7 +941,8 @@ def summarise_profile(path: Path, top: int) -> str:
         if any(package(f) in H2_PACKAGES for f in frames):
             in_h2 += count
     total = total or 1
-    lines = [f"{path.name}: {total} samples on CPU", "  own time by package:"]
+    lines = [f"{path.name}: {total} samples on CPU in the main thread ({threads} elsewhere)"]
+    lines.append("  own time by package:")
     lines += [f"    {c / total * 100:5.1f}%  {name}" for name, c in packages.most_common(8)]
     lines.append(f"  inside h2 calls (h2, hpack, hyperframe; cumulative): {in_h2 / total:.1%}")
     lines.append(f"  top {top} functions by own time:")
