@@ -21,6 +21,7 @@ __all__ = ["BudgetLimits", "FrameBudget"]
 class BudgetLimits:
     window: float = 10.0  # seconds over which the windowed budgets below are counted
     control_frames_per_window: int = 1000  # PING and SETTINGS
+    acks_per_window: int = 1000  # PING and SETTINGS ACKs
     priority_frames_per_window: int = 10_000
     unknown_frames_per_window: int = 1000  # unknown types, ALTSVC
     resets_per_window: int = 10_000  # RST_STREAM from the peer
@@ -29,6 +30,10 @@ class BudgetLimits:
     window_update_allowance: int = 1000  # free WINDOW_UPDATEs before the ratio applies
     informational_per_stream: int = 20  # 1xx responses on one stream (100, 103, ...)
     goaways: int = 16  # GOAWAY frames on one connection
+    # Frames that produce no event (on streams we reset, CONTINUATION before its block ends):
+    # free up to the allowance, plus what each stream we reset may still have in flight.
+    silent_frames_allowance: int = 1000
+    silent_frames_per_reset: int = 64
 
 
 @dataclass
@@ -40,10 +45,13 @@ class FrameBudget:
     _priority: int = 0
     _unknown: int = 0
     _resets: int = 0
+    _acks: int = 0
     _goaways: int = 0
     _empty_in_a_row: int = 0
     _data_frames: int = 0
     _window_updates: int = 0
+    _silent: int = 0
+    _resets_sent: int = 0
 
     def count(self, event: h2.events.Event, now: float) -> None:
         """Charge one received event to its budget; the events not named here cost nothing."""
@@ -71,6 +79,11 @@ class FrameBudget:
             self._control += 1
             if self._control > self.limits.control_frames_per_window:
                 self.exceeded = "PING/SETTINGS flood"
+        elif kind in _ACK_EVENTS:
+            self._roll(now)
+            self._acks += 1
+            if self._acks > self.limits.acks_per_window:
+                self.exceeded = "flood of unsolicited PING/SETTINGS ACKs"
         elif kind is h2.events.PriorityUpdated:
             self._roll(now)
             self._priority += 1
@@ -103,6 +116,25 @@ class FrameBudget:
             self._priority = 0
             self._unknown = 0
             self._resets = 0
+            self._acks = 0
+
+    def silent(self, frames_minus_events: int) -> None:
+        """A slice held ``frames_minus_events`` more frames than h2 made events of.
+
+        A running balance: a frame split across two reads counts in the first and its event
+        comes in the second, and frames that make several events pay back earlier ones.
+        """
+        self._silent = max(0, self._silent + frames_minus_events)
+        allowed = (
+            self.limits.silent_frames_allowance
+            + self.limits.silent_frames_per_reset * self._resets_sent
+        )
+        if self._silent > allowed:
+            self.exceeded = "flood of frames on closed streams"
+
+    def reset_sent(self) -> None:
+        """We reset a stream: frames the peer already sent on it are still to come."""
+        self._resets_sent += 1
 
     def data_sent(self) -> None:
         """Our DATA frames earn the peer WINDOW_UPDATEs."""
@@ -113,4 +145,7 @@ _HEADERS_EVENTS = frozenset(
     {h2.events.RequestReceived, h2.events.ResponseReceived, h2.events.TrailersReceived}
 )
 _CONTROL_EVENTS = frozenset({h2.events.RemoteSettingsChanged, h2.events.PingReceived})
+# We send one PING per keepalive interval and one SETTINGS: a flood of ACKs nobody asked for
+# costs as much as one of PINGs.
+_ACK_EVENTS = frozenset({h2.events.PingAckReceived, h2.events.SettingsAcknowledged})
 _UNKNOWN_EVENTS = frozenset({h2.events.UnknownFrameReceived, h2.events.AlternativeServiceAvailable})

@@ -178,6 +178,9 @@ class Engine:
                 code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
                 self._fail(code, f"protocol error from peer: {exc}", goaway=False)
                 return self._take_events()
+            # Frames that made no event at all (on a stream we reset, h2 answers each with
+            # RST_STREAM and tells us nothing) are charged too; see FrameBudget.silent.
+            budget.silent(guard.slice_frames - len(h2_events))
             for event in h2_events:
                 budget.count(event, now)
                 if budget.exceeded is not None:
@@ -259,6 +262,7 @@ class Engine:
             # RFC 9113 §8.7: refused streams were never processed, so the client may retry.
             try:
                 self._conn.reset_stream(stream_id, _REFUSED)
+                self._budget.reset_sent()
             except h2.exceptions.ProtocolError:
                 pass  # a GOAWAY later in the same batch already closed h2's side
             return
@@ -466,6 +470,7 @@ class Engine:
                 self._conn.reset_stream(state.stream_id, error_code)
             except h2.exceptions.ProtocolError:
                 pass  # already closed on h2's side
+            self._budget.reset_sent()
         self._fail_stream(state, StreamReset(error_code))
 
     def release(self, state: StreamState) -> None:

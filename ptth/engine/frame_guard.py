@@ -34,6 +34,7 @@ class FrameGuard:
         self._skip = len(CLIENT_PREFACE) if server_side else 0
         self._header = b""
         self._first = True
+        self.slice_frames = 0  # frame headers completed by the last scan()
         self.error_code = _PROTOCOL_ERROR  # the GOAWAY code for the problem last reported
 
     def check(self, data: bytes) -> str | None:
@@ -50,7 +51,7 @@ class FrameGuard:
         checked slice ends (the next frame's first byte, or ``len(data)``) and what is wrong
         with it, if anything. Every byte up to that end is checked; none after it."""
         pos, end = start, len(data)
-        frames = 0
+        frames = self.slice_frames = 0
         while pos < end:
             if self._skip:
                 step = min(self._skip, end - pos)
@@ -69,6 +70,7 @@ class FrameGuard:
             length = int.from_bytes(self._header[:3], "big")
             frame_type = self._header[3]
             self._header = b""
+            self.slice_frames += 1
             if self._first and frame_type != _SETTINGS:
                 return pos, "first frame is not SETTINGS (not an HTTP/2 peer?)"
             self._first = False
