@@ -254,7 +254,7 @@ async def test_rapid_reset_never_piles_up_backend_streams(with_body: bool) -> No
         print(
             f"\nrapid reset ({'POST' if with_body else 'GET'}): {flood.sent} pairs written; "
             f"GOAWAY at {flood.goaway_at} s (last stream {flood.goaway_last_stream}), "
-            f"connection closed at {flood.closed_at:.2f} s {flood.notes}\n"
+            f"connection closed at {flood.closed_at} s {flood.notes}\n"
             f"backend: {app.started} requests reached the app, peak {app.peak} at once, "
             f"all gone {settle * 1000:.0f} ms after the close\n"
             f"bystander: {during} requests, p99 {p99(latencies) * 1000:.0f} ms "
