@@ -423,6 +423,9 @@ def child_serve(impl: str) -> None:
             print(f"@port {listener.getsockname()[1]}", flush=True)
             pair_serve(listener)
     else:
+        from ptth.allocator import tune_allocator
+
+        tune_allocator()  # as python -m ptth and python -m router do
         name, options = backend_options(impl)
         anyio.run(ptth_serve, backend=name, backend_options=options)
 
@@ -431,6 +434,9 @@ def child_client(impl: str, port: int) -> None:
     """Read one JSON command per line on stdin, answer each with one ``@result`` line."""
     if impl != "pair":
         import ptth.driver  # noqa: F401  (fail here, before "ready", if it does not import)
+        from ptth.allocator import tune_allocator
+
+        tune_allocator()  # as python -m ptth and python -m router do
     print("@ready", flush=True)
     for line in sys.stdin:
         command = json.loads(line)

@@ -17,6 +17,7 @@ from . import BackendOptions, _run_until_signal, run, serve_upstream
 from ._loop import LOOPS
 from ._types import ASGIApp
 from ._upstream_url import parse_upstream_url
+from .allocator import tune_allocator
 from .errors import ConfigError, PTTHError
 
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import trio
 
+from ptth.allocator import tune_allocator
 from ptth.errors import PTTHError
 
 from .config import load_config
@@ -16,6 +17,7 @@ from .server import Router
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()
     try:
         config = load_config(argv)
     except PTTHError as exc:
