@@ -12,6 +12,12 @@ one TCP connection on 127.0.0.1:
 * **B, ptth**: ``ptth.driver.Connection`` on each side (anyio; run under trio, asyncio and, if
   installed, uvloop): the server's handler runs in a task per stream, the client opens a stream
   per request.
+* **before**: the tunnel driver before the rewrite, ``ptth._tunnel.TunnelConnection`` (trio
+  only), from a checkout of an older commit (``--before-tree PATH``, by default a ``wt-before``
+  worktree beside this checkout if there is one: ``git worktree add ../wt-before e9de2c4``). Its
+  children run with ``PYTHONPATH=<that tree>``, the same handler and client code and the old
+  default settings; the harness refuses to run it if ``ptth`` resolves to this tree. The table
+  then shows after/before too (B under trio against it, the same event loop).
 
 Both serve ``GET /`` with ``:status 200`` and the 3-byte body ``bar``, and ``GET /bulk/N`` with N
 bytes. Figures, per implementation: requests/s with 1, 10 and 100 streams kept in flight for a
@@ -25,6 +31,7 @@ GB) is printed too: it moves much less with the neighbours' load than the rates 
     .venv/bin/python benchmarks/run.py engine            # 5 rounds, about 100 s
     .venv/bin/python benchmarks/run.py engine --quick    # 1 round, about 15 s
     .venv/bin/python benchmarks/run.py engine --json -   # JSON on stdout, the table on stderr
+    .venv/bin/python benchmarks/run.py engine --before-tree ../wt-before   # with "before"
 
 The same file is the child processes' program (``serve``/``client``), and ``profile`` runs py-spy
 on ptth's server and client at 100 streams (``benchmarks/engine.py profile --help``).
@@ -54,7 +61,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import h2.config
@@ -63,10 +70,10 @@ import h2.events
 import h2.settings
 from hyperframe.frame import DataFrame
 
-if TYPE_CHECKING:  # ptth is imported by the ptth children only, not by the pair's
-    from ptth.driver import Connection, Stream
-
 ROOT = Path(__file__).resolve().parent.parent
+# "before": a checkout of the tunnel driver before the rewrite, if none is named (--before-tree)
+DEFAULT_BEFORE_TREE = ROOT.parent / "wt-before"
+BEFORE_MODULE = Path("ptth") / "_tunnel.py"  # what makes a tree the old driver's
 KiB = 1024
 MiB = 1024 * KiB
 FRAME = 256 * KiB  # the pair's max frame size, and the chunk both servers send bulk in
@@ -300,10 +307,27 @@ def bulk_result(received: int, seconds: float, ok: bool, size: int) -> dict[str,
     return {"bytes": received, "total_bytes": total, "seconds": seconds, "mb_s": mb_s, "ok": ok}
 
 
-# -- B: ptth.driver.Connection ------------------------------------------------------------------
+# -- B: ptth.driver.Connection, and "before": ptth._tunnel.TunnelConnection ----------------------
 
 
-async def ptth_handler(stream: Stream) -> None:
+class H2Stream(Protocol):
+    """What the handler and the client use of a stream: ``ptth.driver.Stream`` and the old
+    ``ptth._stream.TunnelStream`` have the same calls."""
+
+    async def receive_headers(self) -> list[tuple[bytes, bytes]]: ...
+    async def receive_data(self) -> bytes: ...
+    async def send_headers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
+    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class H2Client(Protocol):
+    async def open_stream(
+        self, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False
+    ) -> H2Stream: ...
+
+
+async def ptth_handler(stream: H2Stream) -> None:
     headers = await stream.receive_headers()
     while await stream.receive_data():
         pass
@@ -320,6 +344,7 @@ async def ptth_handler(stream: Stream) -> None:
 
 
 async def ptth_serve() -> None:
+    import ptth
     from ptth.driver import Connection
 
     async def serve(byte_stream: anyio.abc.ByteStream) -> None:
@@ -331,7 +356,7 @@ async def ptth_serve() -> None:
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    print(f"@port {port}", flush=True)
+    print(f"@port {port} {ptth.__file__}", flush=True)
     await listener.serve(serve)
 
 
@@ -344,21 +369,64 @@ async def ptth_command(port: int, command: dict[str, Any]) -> dict[str, Any]:
             conn = Connection(byte_stream, client_side=True)
             await tg.start(conn.run)
             try:
-                if command["op"] == "rps":
-                    streams, duration, warmup = (
-                        command["streams"],
-                        command["duration"],
-                        command["warmup"],
-                    )
-                    return await ptth_rps(conn, streams, duration, warmup)
-                return await ptth_bulk(conn, command["size"])
+                return await client_command(conn, command)
             finally:
                 await conn.aclose()
 
 
-async def ptth_rps(
-    conn: Connection, streams: int, duration: float, warmup: float
-) -> dict[str, Any]:
+async def client_command(conn: H2Client, command: dict[str, Any]) -> dict[str, Any]:
+    if command["op"] == "rps":
+        streams, duration, warmup = command["streams"], command["duration"], command["warmup"]
+        return await ptth_rps(conn, streams, duration, warmup)
+    return await ptth_bulk(conn, command["size"])
+
+
+async def before_serve() -> None:
+    """The old driver's server: ``trio.serve_tcp``, a TunnelConnection per connection (its
+    handlers run in its own nursery, each stream closed by it after the handler returns)."""
+    import functools
+
+    import trio
+    from ptth._h2 import H2Settings
+    from ptth._tunnel import TunnelConnection
+
+    import ptth
+
+    async def serve(byte_stream: trio.SocketStream) -> None:
+        conn = TunnelConnection(
+            byte_stream, client_side=False, on_stream=ptth_handler, settings=H2Settings()
+        )
+        try:
+            await conn.run()
+        except Exception:
+            traceback.print_exc()  # shown by the harness if a measurement fails
+
+    async with trio.open_nursery() as nursery:
+        serving = functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1")
+        listeners = await nursery.start(serving)
+        port = listeners[0].socket.getsockname()[1]
+        print(f"@port {port} {ptth.__file__}", flush=True)
+
+
+async def before_command(port: int, command: dict[str, Any]) -> dict[str, Any]:
+    """The old driver's client, under ``trio.run`` (anyio's calls in ptth_rps run on trio)."""
+    import trio
+    from ptth._h2 import H2Settings
+    from ptth._tunnel import TunnelConnection
+
+    byte_stream = await trio.open_tcp_stream("127.0.0.1", port)  # TCP_NODELAY, as trio does
+    with trio.fail_after(command["timeout"]):
+        async with byte_stream, trio.open_nursery() as nursery:
+            conn = TunnelConnection(byte_stream, client_side=True, settings=H2Settings())
+            await nursery.start(conn.run)
+            try:
+                await conn.wait_remote_settings()
+                return await client_command(conn, command)
+            finally:
+                await conn.aclose()
+
+
+async def ptth_rps(conn: H2Client, streams: int, duration: float, warmup: float) -> dict[str, Any]:
     latencies: list[int] = []
     state = {"measuring": False, "stopping": False, "completed": 0, "body": 0, "bad": 0}
 
@@ -389,7 +457,7 @@ async def ptth_rps(
     return rps_result(latencies, t_end - t_begin, ok, state["completed"])
 
 
-async def ptth_bulk(conn: Connection, size: int) -> dict[str, Any]:
+async def ptth_bulk(conn: H2Client, size: int) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for label, n in (("warmup", max(size // 16, 4 * MiB)), ("bulk", size)):
         t0 = time.perf_counter()
@@ -416,12 +484,17 @@ def backend_options(backend: str) -> tuple[str, dict[str, Any]]:
 
 
 def child_serve(impl: str) -> None:
+    """Print ``@port N`` (and, but for the pair's, the file ``ptth`` was imported from)."""
     if impl == "pair":
         with socket.socket() as listener:
             listener.bind(("127.0.0.1", 0))
             listener.listen(16)
             print(f"@port {listener.getsockname()[1]}", flush=True)
             pair_serve(listener)
+    elif impl == "before":
+        import trio
+
+        trio.run(before_serve)  # glibc's allocator as it was then: the old code did not tune it
     else:
         from ptth.allocator import tune_allocator
 
@@ -432,12 +505,18 @@ def child_serve(impl: str) -> None:
 
 def child_client(impl: str, port: int) -> None:
     """Read one JSON command per line on stdin, answer each with one ``@result`` line."""
-    if impl != "pair":
-        import ptth.driver  # noqa: F401  (fail here, before "ready", if it does not import)
+    ready = "@ready"
+    if impl == "before":
+        import ptth._tunnel  # fail here, before "ready", if it does not import
+
+        ready += f" {ptth.__file__}"
+    elif impl != "pair":
+        import ptth.driver  # fail here, before "ready", if it does not import
         from ptth.allocator import tune_allocator
 
         tune_allocator()  # as python -m ptth and python -m router do
-    print("@ready", flush=True)
+        ready += f" {ptth.__file__}"
+    print(ready, flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         try:
@@ -445,6 +524,10 @@ def child_client(impl: str, port: int) -> None:
                 result = pair_rps(port, command["streams"], command["duration"], command["warmup"])
             elif impl == "pair":
                 result = pair_bulk(port, command["size"])
+            elif impl == "before":
+                import trio
+
+                result = trio.run(before_command, port, command)
             else:
                 name, options = backend_options(impl)
                 result = anyio.run(
@@ -461,11 +544,12 @@ def child_client(impl: str, port: int) -> None:
 class Worker:
     """A child running this file; a thread queues its ``@`` lines and keeps the last 100 others."""
 
-    def __init__(self, name: str, args: list[str]) -> None:
+    def __init__(self, name: str, args: list[str], tree: Path = ROOT) -> None:
+        """``tree``: the checkout ``import ptth`` must find (first on ``PYTHONPATH``)."""
         self.name = name
         self.lines: collections.deque[str] = collections.deque(maxlen=100)
         self.messages: queue.Queue[str] = queue.Queue()
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        path = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), *args],
             cwd=ROOT,
@@ -527,8 +611,8 @@ class Worker:
 
 
 @contextlib.contextmanager
-def worker(name: str, args: list[str]) -> Iterator[Worker]:
-    w = Worker(name, args)
+def worker(name: str, args: list[str], tree: Path = ROOT) -> Iterator[Worker]:
+    w = Worker(name, args, tree)
     try:
         yield w
     finally:
@@ -550,10 +634,12 @@ def busy_seconds() -> float:
 
 @dataclass
 class Impl:
-    name: str  # "pair", or an anyio backend for ptth: "trio", "asyncio", "uvloop"
+    name: str  # "pair", "before", or an anyio backend for ptth: "trio", "asyncio", "uvloop"
     label: str
+    tree: Path = ROOT  # where the children import ptth from
     server: Worker | None = None
     client: Worker | None = None
+    ptth_file: str = ""  # ptth.__file__ in the children (but the pair's)
 
     def measure(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
         assert self.server is not None and self.client is not None
@@ -732,6 +818,15 @@ def number(figure: str, value: float) -> str:
     return f"{value:,.1f}" if FIGURES[figure][1] == "us" else f"{value:,.0f}"
 
 
+AFTER, BEFORE = "trio", "before"  # after/before: ptth under trio over the old driver (trio)
+AB_LABEL = "trio/bef"
+
+
+def after_before(results: Results) -> bool:
+    names = {impl.name for impl in results.impls}
+    return AFTER in names and BEFORE in names
+
+
 def report(results: Results, sizes: Sizes, out: Any) -> dict[str, Any]:
     pair, others = results.impls[0], results.impls[1:]
     rounds = f"median of {sizes.rounds} rounds" if sizes.rounds > 1 else "1 round"
@@ -740,11 +835,22 @@ def report(results: Results, sizes: Sizes, out: Any) -> dict[str, Any]:
         f"{sizes.duration:g} s per req/s figure, {sizes.bulk // MiB} MiB bulk",
         file=out,
     )
+    before = next((impl for impl in others if impl.name == BEFORE), None)
+    if before is not None:
+        print(
+            f"before = ptth._tunnel.TunnelConnection at {tree_commit(before.tree)} (trio, "
+            f"H2Settings()), from {before.tree}",
+            file=out,
+        )
+    ab = after_before(results)
     header = f"{'figure':<26} {'unit':<6} {pair.label:>12}"
     for impl in others:
-        header += f" {impl.label:>14} {'B/A':>5}"
+        header += f" {impl.label:>14} {'B/A':>5}     "
+    if ab:
+        header += f" {AB_LABEL:>9}"
     print(header + "  target (B)", file=out)
     summary: dict[str, Any] = {}
+    after_over_before: dict[str, Any] = {}
     for figure, (title, unit, _) in FIGURES.items():
         base = results.median(pair.name, figure)
         line = f"{title:<26} {unit:<6} {number(figure, base):>12}"
@@ -753,18 +859,27 @@ def report(results: Results, sizes: Sizes, out: Any) -> dict[str, Any]:
             value = results.median(impl.name, figure)
             ratio = value / base if base else math.nan
             verdict = ""
-            if target is not None:
+            if target is not None and impl.name != BEFORE:  # the targets are the product's
                 verdict = "ok" if target.met(figure, value, ratio) else "MISS"
-            line += f" {number(figure, value):>14} {ratio:>5.2f}"
-            line += f" {verdict:<4}" if target is not None else "     "
+            line += f" {number(figure, value):>14} {ratio:>5.2f} {verdict:<4}"
             summary.setdefault(impl.name, {})[figure] = {
                 "value": value,
                 "ratio": ratio,
-                "target": target.text if target else None,
-                "met": verdict == "ok" if target else None,
+                "target": target.text if verdict else None,
+                "met": verdict == "ok" if verdict else None,
             }
-        print(f"{line.rstrip():<{len(header)}}  {target.text if target else ''}", file=out)
-    print_cpu(results, out)
+        if ab:
+            old = results.median(BEFORE, figure)
+            after_over_before[figure] = results.median(AFTER, figure) / old if old else math.nan
+            line += f" {after_over_before[figure]:>9.2f}"
+        print(f"{line}  {target.text if target else ''}".rstrip(), file=out)
+    if ab:
+        print(
+            f"{AB_LABEL}: B under trio over before (same loop); above 1 is faster for req/s and "
+            "MB/s, below 1 is better for round trips and CPU",
+            file=out,
+        )
+    cpu_after_over_before = print_cpu(results, out)
     other = max(results.other, default=0.0)
     if other > 0.25:
         print(
@@ -772,7 +887,7 @@ def report(results: Results, sizes: Sizes, out: Any) -> dict[str, Any]:
             "measurements; the numbers are not from a quiet machine",
             file=out,
         )
-    return {
+    data: dict[str, Any] = {
         "machine": machine(),
         "sizes": {
             "rounds": sizes.rounds,
@@ -781,6 +896,7 @@ def report(results: Results, sizes: Sizes, out: Any) -> dict[str, Any]:
             "bulk_bytes": sizes.bulk,
         },
         "implementations": {impl.name: impl.label for impl in results.impls},
+        "ptth_files": {impl.name: impl.ptth_file for impl in others},
         "median": {
             impl.name: {f: results.median(impl.name, f) for f in FIGURES} for impl in results.impls
         },
@@ -790,6 +906,14 @@ def report(results: Results, sizes: Sizes, out: Any) -> dict[str, Any]:
         "b_over_a": summary,
         "other_cpu_max": other,
     }
+    if before is not None:
+        data["before"] = {"tree": str(before.tree), "commit": tree_commit(before.tree)}
+    if ab:
+        data["after_over_before"] = {
+            "median": after_over_before,
+            "cpu_per_unit": cpu_after_over_before,
+        }
+    return data
 
 
 COST_ROWS = {
@@ -800,9 +924,12 @@ COST_ROWS = {
 }
 
 
-def print_cpu(results: Results, out: Any) -> None:
-    """CPU per unit of work (server + client): unlike rates, hardly moved by a busy machine."""
+def print_cpu(results: Results, out: Any) -> dict[str, float]:
+    """CPU per unit of work (server + client): unlike rates, hardly moved by a busy machine.
+
+    Returns after/before of the sums per figure (empty without both trio and before)."""
     pair, others = results.impls[0], results.impls[1:]
+    ab = after_before(results)
     print(
         "\nCPU per unit of work, server + client (median; a busy machine moves it much less "
         "than the rates above):",
@@ -811,13 +938,22 @@ def print_cpu(results: Results, out: Any) -> None:
     header = f"{'':<30} {pair.label:>16}"
     for impl in others:
         header += f" {impl.label:>16} {'B/A':>5}"
+    if ab:
+        header += f" {AB_LABEL:>9}"
     print(header, file=out)
+    after_over_before: dict[str, float] = {}
     for figure, title in COST_ROWS.items():
         base = sum(results.median_pair(results.cost, pair.name, figure))
         line = f"{title:<30} {cost_text(results, pair.name, figure):>16}"
         for impl in others:
             total = sum(results.median_pair(results.cost, impl.name, figure))
             line += f" {cost_text(results, impl.name, figure):>16} {total / base:>5.2f}"
+        if ab:
+            after = sum(results.median_pair(results.cost, AFTER, figure))
+            after_over_before[figure] = after / sum(
+                results.median_pair(results.cost, BEFORE, figure)
+            )
+            line += f" {after_over_before[figure]:>9.2f}"
         print(line, file=out)
     print("share of a core used (server + client):", file=out)
     for impl in results.impls:
@@ -826,6 +962,7 @@ def print_cpu(results: Results, out: Any) -> None:
             server, client = results.median_pair(results.cpu, impl.name, figure)
             parts.append(f"{figure} {server * 100:.0f}+{client * 100:.0f}%")
         print(f"  {impl.label:<14} {', '.join(parts)}", file=out)
+    return after_over_before
 
 
 def cost_text(results: Results, impl: str, figure: str) -> str:
@@ -848,15 +985,57 @@ def available_backends() -> list[str]:
 
 def start(impls: list[Impl], stack: contextlib.ExitStack) -> None:
     for impl in impls:
-        impl.server = stack.enter_context(worker(f"{impl.label} server", ["serve", impl.name]))
+        args = ["serve", impl.name]
+        impl.server = stack.enter_context(worker(f"{impl.label} server", args, impl.tree))
     for impl in impls:
         assert impl.server is not None
-        port = impl.server.expect("port", START_TIMEOUT)
+        port, _, server_file = impl.server.expect("port", START_TIMEOUT).partition(" ")
+        check_ptth_file(impl, "server", server_file)
         args = ["client", impl.name, port]
-        impl.client = stack.enter_context(worker(f"{impl.label} client", args))
+        impl.client = stack.enter_context(worker(f"{impl.label} client", args, impl.tree))
     for impl in impls:
         assert impl.client is not None
-        impl.client.expect("ready", START_TIMEOUT)
+        impl.ptth_file = impl.client.expect("ready", START_TIMEOUT)
+        check_ptth_file(impl, "client", impl.ptth_file)
+
+
+def check_ptth_file(impl: Impl, role: str, ptth_file: str) -> None:
+    """``before`` must run the old tree's code: refuse it if ``ptth`` came from anywhere else."""
+    if impl.name != "before":
+        return
+    where = Path(ptth_file).resolve()
+    if not where.is_relative_to(impl.tree.resolve()) or where.is_relative_to(ROOT / "ptth"):
+        raise RuntimeError(
+            f"before {role}: ptth was imported from {ptth_file or '?'}, not from the before tree "
+            f"{impl.tree} (it must not be this checkout, {ROOT})"
+        )
+
+
+def before_tree(path: Path | None) -> Path | None:
+    """The tree ``before`` imports ptth from: ``path``, else DEFAULT_BEFORE_TREE if it exists."""
+    if path is None:
+        if not (DEFAULT_BEFORE_TREE / BEFORE_MODULE).is_file():
+            return None
+        path = DEFAULT_BEFORE_TREE
+    path = path.resolve()
+    if not (path / BEFORE_MODULE).is_file():
+        raise ValueError(f"{path} has no {BEFORE_MODULE}: not a checkout of the old driver")
+    if path == ROOT:
+        raise ValueError(f"the before tree {path} is this checkout")
+    return path
+
+
+def tree_commit(tree: Path) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return "?"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -869,8 +1048,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-mib", type=int, help=f"bulk MiB ({FULL.bulk // MiB})")
     parser.add_argument(
         "--backends",
-        default=",".join(available_backends()),
-        help="anyio backends for ptth, comma-separated (default: %(default)s)",
+        help="what to run beside the pair, comma-separated: anyio backends for ptth, and "
+        f"'before' (default: {','.join(available_backends())}, after 'before' if there is a "
+        "before tree)",
+    )
+    parser.add_argument(
+        "--before-tree",
+        type=Path,
+        metavar="PATH",
+        help="checkout of the old driver (ptth._tunnel) that 'before' imports ptth from "
+        f"(default: {DEFAULT_BEFORE_TREE} if it exists)",
     )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
     parser.add_argument(
@@ -890,11 +1077,21 @@ def main(argv: list[str] | None = None) -> int:
         bulk=args.bulk_mib * MiB if args.bulk_mib else base.bulk,
     )
     out = sys.stderr if args.json == "-" else sys.stdout
+    try:
+        tree = before_tree(args.before_tree)
+    except ValueError as exc:
+        parser.error(str(exc))
+    backends = args.backends or ",".join(["before"] * bool(tree) + available_backends())
     impls = [Impl("pair", "A: h2 pair")]
-    for backend in args.backends.split(","):
-        if backend not in ("trio", "asyncio", "uvloop"):
+    for backend in backends.split(","):
+        if backend == "before":
+            if tree is None:
+                parser.error(f"'before' needs --before-tree (no {DEFAULT_BEFORE_TREE})")
+            impls.append(Impl("before", "before", tree=tree))
+        elif backend in ("trio", "asyncio", "uvloop"):
+            impls.append(Impl(backend, f"B: {backend}"))
+        else:
             parser.error(f"unknown backend {backend!r}")
-        impls.append(Impl(backend, f"B: {backend}"))
     print(f"machine: {machine()}", file=out)
     results = Results(impls)
 
@@ -904,6 +1101,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with contextlib.ExitStack() as stack:
         start(impls, stack)
+        for impl in impls:
+            if impl.name == "before":
+                print(f"before: ptth from {impl.ptth_file} ({tree_commit(impl.tree)})", file=out)
         for i in range(sizes.rounds):
             print(f"round {i + 1} of {sizes.rounds}", file=out, flush=True)
             order = impls if i % 2 == 0 else impls[::-1]
@@ -972,7 +1172,10 @@ def profile(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="engine.py profile", description="py-spy on ptth's server and client under load."
     )
-    parser.add_argument("--backend", default="trio", choices=["trio", "asyncio", "uvloop", "pair"])
+    parser.add_argument(
+        "--backend", default="trio", choices=["trio", "asyncio", "uvloop", "pair", "before"]
+    )
+    parser.add_argument("--before-tree", type=Path, metavar="PATH", help="for --backend before")
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--bulk", action="store_true", help="profile bulk downloads instead")
@@ -983,6 +1186,14 @@ def profile(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _terminated)
     impl = Impl(args.backend, args.backend)
+    if args.backend == "before":
+        try:
+            tree = before_tree(args.before_tree)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if tree is None:
+            parser.error(f"--backend before needs --before-tree (no {DEFAULT_BEFORE_TREE})")
+        impl.tree = tree
     with contextlib.ExitStack() as stack:
         start([impl], stack)
         assert impl.server is not None and impl.client is not None
