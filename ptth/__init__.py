@@ -18,9 +18,7 @@ import anyio
 
 from ._agent import serve_upstream
 from ._backend import BackendOptions, serve
-from ._groups import unwrap
 from ._loop import LOOPS, resolve_loop
-from ._types import ASGIApp
 from .engine import Liveness
 from .errors import (
     ConfigError,
@@ -32,6 +30,8 @@ from .errors import (
     TunnelClosed,
     TunnelError,
 )
+from .groups import unwrap
+from .types import ASGIApp
 
 __all__ = [
     "BackendOptions",

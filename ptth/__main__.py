@@ -15,10 +15,10 @@ from typing import cast
 
 from . import BackendOptions, _run_until_signal, run, serve_upstream
 from ._loop import LOOPS
-from ._types import ASGIApp
 from ._upstream_url import parse_upstream_url
 from .allocator import tune_allocator
 from .errors import ConfigError, PTTHError
+from .types import ASGIApp
 
 
 def load_app(spec: str) -> ASGIApp:

@@ -22,7 +22,6 @@ import anyio
 import anyio.abc
 
 from ._backend import BackendOptions, resolve_arguments, run_backend
-from ._headers import parse_request_block
 from ._upstream_common import send_plain
 from ._upstream_h2 import H2Upstream
 from ._upstream_http import HTTPUpstream
@@ -30,6 +29,7 @@ from ._upstream_url import UpstreamURL, parse_upstream_url
 from ._upstream_ws import relay_websocket
 from .driver import Stream
 from .errors import HeaderError
+from .proto.headers import parse_request_block
 
 __all__ = ["Agent", "serve_upstream"]
 

@@ -16,12 +16,12 @@ import anyio
 import anyio.abc
 from h2.errors import ErrorCodes
 
-from ._fields import declared_length, strip_hop_by_hop
-from ._headers import RequestHead, clean_trailers
-from ._types import ASGIApp, Message
 from .driver import Stream
 from .engine import Headers
 from .errors import HeaderError, TunnelError
+from .proto.fields import declared_length, strip_hop_by_hop
+from .proto.headers import RequestHead, clean_trailers
+from .types import ASGIApp, Message
 
 __all__ = ["build_scope", "log_app_error", "serve_http"]
 

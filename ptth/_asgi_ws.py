@@ -2,9 +2,9 @@
 
 The router opened the stream with ``:method CONNECT`` and ``:protocol websocket``; the backend
 answers ``200`` to accept (RFC 8441 §5) or any other status to deny, then both ends exchange
-RFC 6455 frames as DATA (:mod:`ptth._ws_frames`). Frames are read from the stream only inside the
-app's ``receive()``, so an app that stops receiving stops the router (and the user) through
-HTTP/2 flow control; ``send()`` waits for window the same way.
+RFC 6455 frames as DATA (:mod:`ptth.proto.ws_frames`). Frames are read from the stream only
+inside the app's ``receive()``, so an app that stops receiving stops the router (and the user)
+through HTTP/2 flow control; ``send()`` waits for window the same way.
 
 Outcomes of the app's call:
 
@@ -25,25 +25,25 @@ import anyio.abc
 from h2.errors import ErrorCodes
 
 from ._asgi_http import build_scope, log_app_error
-from ._fields import strip_hop_by_hop
-from ._headers import RequestHead
-from ._types import ASGIApp, Message
-from ._ws_frames import (
+from .driver import Stream
+from .engine import Headers
+from .errors import HeaderError, TunnelError
+from .proto.fields import strip_hop_by_hop
+from .proto.headers import RequestHead
+from .proto.ws_frames import (
     ABNORMAL_CLOSURE,
+    CLOSE_TIMEOUT,
     INTERNAL_ERROR,
     NORMAL_CLOSURE,
     FrameCodec,
     WSClosed,
     WSMessage,
 )
-from .driver import Stream
-from .engine import Headers
-from .errors import HeaderError, TunnelError
+from .types import ASGIApp, Message
 
-__all__ = ["CLOSE_TIMEOUT", "WebSocketDisconnected", "serve_websocket"]
+__all__ = ["WebSocketDisconnected", "serve_websocket"]
 
 # How long an end that sent its close frame waits for the peer's answer (RFC 6455 §7.1.1).
-CLOSE_TIMEOUT = 5.0
 
 
 class WebSocketDisconnected(OSError):

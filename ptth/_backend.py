@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 
-from ._address import parse_address
 from ._asgi_http import serve_http
 from ._asgi_ws import serve_websocket
 from ._backoff import Backoff
-from ._groups import unwrap
-from ._handshake import ClientHandshake, Registration
-from ._headers import parse_request_block
 from ._lifespan import Lifespan
 from ._scaling import ScalePolicy
-from ._types import ASGIApp
 from .driver import Connection, Stream, StreamHandler
 from .engine import Liveness, Settings
 from .errors import ConfigError, HandshakeError, HandshakeRefused, HeaderError, PTTHError
+from .groups import unwrap
+from .proto.address import parse_address
+from .proto.handshake import ClientHandshake, Registration
+from .proto.headers import parse_request_block
+from .types import ASGIApp
 
 __all__ = ["BackendOptions", "parse_address", "resolve_arguments", "run_backend", "serve"]
 

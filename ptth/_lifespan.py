@@ -12,8 +12,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._types import ASGIApp, Message
 from .errors import LifespanError
+from .types import ASGIApp, Message
 
 __all__ = ["Lifespan"]
 

@@ -18,9 +18,9 @@ import anyio
 import anyio.abc
 from h2.errors import ErrorCodes
 
-from ._groups import unwrap
 from .driver import Stream
 from .errors import TunnelError
+from .groups import unwrap
 
 __all__ = [
     "DownstreamGone",

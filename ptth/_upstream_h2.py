@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.abc
 
-from ._headers import clean_trailers, from_tunnel_response
 from ._upstream_common import (
     Progress,
     UpstreamFailed,
@@ -34,6 +33,7 @@ from ._upstream_url import UpstreamURL
 from .driver import Connection, Stream
 from .engine import Headers, Liveness, Settings
 from .errors import HeaderError, TunnelError
+from .proto.headers import clean_trailers, from_tunnel_response
 
 __all__ = ["H2Upstream"]
 

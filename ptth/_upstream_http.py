@@ -20,8 +20,6 @@ import anyio
 import anyio.abc
 import httpx
 
-from ._fields import strip_hop_by_hop
-from ._headers import RequestHead
 from ._upstream_common import (
     Progress,
     UpstreamFailed,
@@ -35,6 +33,8 @@ from ._upstream_url import UpstreamURL
 from .driver import Stream
 from .engine import Headers
 from .errors import HeaderError
+from .proto.fields import strip_hop_by_hop
+from .proto.headers import RequestHead
 
 __all__ = ["HTTPUpstream"]
 

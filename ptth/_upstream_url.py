@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ._address import format_address
 from .errors import ConfigError
+from .proto.address import format_address
 
 __all__ = ["SCHEMES", "UpstreamURL", "parse_upstream_url"]
 

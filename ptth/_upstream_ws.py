@@ -23,8 +23,6 @@ from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, Event, RejectConnection, RejectData, Request
 from wsproto.handshake import H11Handshake
 
-from ._fields import strip_hop_by_hop
-from ._headers import RequestHead
 from ._upstream_common import (
     Progress,
     UpstreamFailed,
@@ -37,6 +35,8 @@ from ._upstream_url import UpstreamURL
 from .driver import Stream
 from .engine import Headers
 from .errors import HeaderError
+from .proto.fields import strip_hop_by_hop
+from .proto.headers import RequestHead
 
 __all__ = ["relay_websocket"]
 

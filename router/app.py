@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ptth._types import Receive, Scope, Send
+from ptth.types import Receive, Scope, Send
 
 from .proxy_common import ProxyContext
 from .proxy_http import forward

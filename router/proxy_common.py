@@ -16,10 +16,6 @@ from dataclasses import dataclass, field
 import trio
 from h2.errors import ErrorCodes
 
-from ptth._fields import Headers
-from ptth._groups import unwrap
-from ptth._headers import strip_path_prefix
-from ptth._types import Scope
 from ptth.driver import Stream
 from ptth.errors import (
     BadGateway,
@@ -32,6 +28,10 @@ from ptth.errors import (
     StreamReset,
     TunnelError,
 )
+from ptth.groups import unwrap
+from ptth.proto.fields import Headers
+from ptth.proto.headers import strip_path_prefix
+from ptth.types import Scope
 
 from .config import RouterConfig
 from .ratelimit import RateLimiter

@@ -14,10 +14,6 @@ from email.utils import formatdate
 
 import trio
 
-from ptth._fields import declared_length
-from ptth._groups import unwrap
-from ptth._headers import clean_trailers, from_tunnel_response, to_tunnel_request
-from ptth._types import Message, Receive, Scope, Send
 from ptth.driver import Stream
 from ptth.errors import (
     BadGateway,
@@ -29,6 +25,10 @@ from ptth.errors import (
     StreamReset,
     TunnelError,
 )
+from ptth.groups import unwrap
+from ptth.proto.fields import declared_length
+from ptth.proto.headers import clean_trailers, from_tunnel_response, to_tunnel_request
+from ptth.types import Message, Receive, Scope, Send
 
 from .config import RouterConfig
 from .proxy_common import (

@@ -23,11 +23,6 @@ from dataclasses import dataclass
 import trio
 from h2.errors import ErrorCodes
 
-from ptth._asgi_ws import CLOSE_TIMEOUT
-from ptth._fields import Headers
-from ptth._headers import from_tunnel_response, to_tunnel_request
-from ptth._types import Message, Receive, Scope, Send
-from ptth._ws_frames import ABNORMAL_CLOSURE, INTERNAL_ERROR, FrameCodec, WSMessage
 from ptth.driver import Stream
 from ptth.errors import (
     BadGateway,
@@ -37,6 +32,16 @@ from ptth.errors import (
     StreamReset,
     TunnelError,
 )
+from ptth.proto.fields import Headers
+from ptth.proto.headers import from_tunnel_response, to_tunnel_request
+from ptth.proto.ws_frames import (
+    ABNORMAL_CLOSURE,
+    CLOSE_TIMEOUT,
+    INTERNAL_ERROR,
+    FrameCodec,
+    WSMessage,
+)
+from ptth.types import Message, Receive, Scope, Send
 
 from .config import RouterConfig
 from .proxy_common import (

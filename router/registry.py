@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ptth._handshake import Registration
 from ptth.driver import Connection
 from ptth.errors import HandshakeRefused, HeaderError, NoTunnel
+from ptth.proto.handshake import Registration
 
 from .balancer import pick
 from .routing import RoutingTable

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import trio
 
-from ptth._types import Message, Receive
 from ptth.driver import Stream
 from ptth.errors import BodyTooLarge, RequestTimeout, TunnelError
+from ptth.types import Message, Receive
 
 from .proxy_common import ClientGone
 

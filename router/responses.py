@@ -5,8 +5,8 @@ Time is passed in (the ``date`` field value), never read here.
 
 from __future__ import annotations
 
-from ptth._fields import Headers
 from ptth.errors import ProxyError
+from ptth.proto.fields import Headers
 
 __all__ = ["error_response", "is_grpc_trailers_only", "split_trailers_only"]
 

@@ -10,8 +10,8 @@ import anyio.abc
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
-from ptth._address import format_address, parse_address
-from ptth._ws_frames import MAX_MESSAGE_SIZE
+from ptth.proto.address import format_address, parse_address
+from ptth.proto.ws_frames import MAX_MESSAGE_SIZE
 
 from . import _hypercorn_patches, _hypercorn_write, _hypercorn_ws
 from .app import RouterApp

@@ -13,10 +13,10 @@ import secrets
 import anyio
 import anyio.abc
 
-from ptth._handshake import Registration, ServerHandshake
 from ptth.driver import Connection
 from ptth.engine import Liveness, Settings
 from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
+from ptth.proto.handshake import Registration, ServerHandshake
 
 from .config import RouterConfig
 from .registry import Registry, RouterTunnel

@@ -25,7 +25,7 @@ import pytest
 import trio
 
 import ptth
-from ptth._types import ASGIApp, Receive, Scope, Send
+from ptth.types import ASGIApp, Receive, Scope, Send
 from router.config import RouterConfig
 from router.server import Router, RouterAddresses
 

@@ -25,7 +25,7 @@ class Settings:
     max_frame_size: int = 256 * 1024
     max_header_list_size: int = 64 * 1024
     enable_connect_protocol: bool = True  # server role: RFC 8441 WebSockets
-    # Every header block ptth sends is built by its own rules (ptth/_fields.py, _headers.py:
+    # Every header block ptth sends is built by its own rules (ptth/proto/fields.py, headers.py:
     # names validated and lower-cased, CR/LF/NUL refused, hop-by-hop fields stripped), which are
     # stricter than h2's outbound checks; those cost ~5 % of a request's CPU for nothing. Inbound
     # validation stays on: the peer is not trusted.

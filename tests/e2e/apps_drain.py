@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 import anyio
 
-from ptth._types import ASGIApp, Receive, Scope, Send
+from ptth.types import ASGIApp, Receive, Scope, Send
 from tests.support import ThreadSafeEvent, read_body, serve_lifespan
 
 __all__ = ["app", "make_app"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import anyio
 
-from ptth._types import Receive, Scope, Send
+from ptth.types import Receive, Scope, Send
 from tests.support import serve_lifespan
 
 BIG_SIZE = 10 * 1024 * 1024

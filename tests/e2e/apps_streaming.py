@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 import anyio
 
-from ptth._types import ASGIApp, Receive, Scope, Send
+from ptth.types import ASGIApp, Receive, Scope, Send
 from tests.support import deterministic_chunk, serve_lifespan
 
 __all__ = ["CHUNK", "DELAY", "Progress", "app", "expected_sha256", "make_app"]

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 
 import anyio
 
-from ptth._types import ASGIApp, Message, Receive, Scope, Send
+from ptth.types import ASGIApp, Message, Receive, Scope, Send
 from tests.support import serve_lifespan
 
 SUBPROTOCOLS = ("chat.v2", "chat")

@@ -6,7 +6,7 @@ import httpx
 import pytest
 import trio
 
-from ptth._types import Receive, Scope, Send
+from ptth.types import Receive, Scope, Send
 from tests.support import ThreadSafeEvent, make_hello_app, start_backend, start_router
 
 

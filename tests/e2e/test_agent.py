@@ -33,8 +33,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from ptth._address import parse_address
 from ptth.driver import Connection
+from ptth.proto.address import parse_address
 from tests.e2e.agent_support import (
     agent_process,
     child,

@@ -27,8 +27,8 @@ import pytest
 import trio
 from h2.errors import ErrorCodes
 
-from ptth._handshake import ClientHandshake, Registration
 from ptth.errors import HandshakeRefused
+from ptth.proto.handshake import ClientHandshake, Registration
 from router.config import RouterConfig
 from router.server import Router, RouterAddresses
 from tests.e2e.apps_drain import make_app

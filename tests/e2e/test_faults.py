@@ -25,8 +25,8 @@ import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, PushPromiseFrame
 
-from ptth._handshake import Accepted, ClientHandshake, Registration
 from ptth.driver import Connection
+from ptth.proto.handshake import Accepted, ClientHandshake, Registration
 from tests.e2e.apps_faults import FIRST_PART
 from tests.support import (
     RunningRouter,

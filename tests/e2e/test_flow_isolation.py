@@ -44,10 +44,10 @@ import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import HeadersFrame
 
-from ptth._handshake import Accepted, ClientHandshake, Registration
-from ptth._types import Receive, Scope, Send
 from ptth.engine.budget import BudgetLimits
 from ptth.engine.settings import Settings
+from ptth.proto.handshake import Accepted, ClientHandshake, Registration
+from ptth.types import Receive, Scope, Send
 from tests.e2e.test_faults import FAKE_HOST, FakeBackend, server_config
 from tests.e2e.test_streaming import RssMonitor, rss
 from tests.e2e.test_user_attacks import h2_client, p99, request_headers

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import trio
 
-from ptth._types import ASGIApp, Receive, Scope, Send
+from ptth.types import ASGIApp, Receive, Scope, Send
 from tests.support import (
     RunningRouter,
     make_hello_app,

@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from ptth import BackendOptions
-from ptth._types import ASGIApp, Receive, Scope, Send
 from ptth.errors import ConfigError, HandshakeRefused, LifespanError
+from ptth.types import ASGIApp, Receive, Scope, Send
 from tests.support import (
     RunningBackend,
     RunningRouter,

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trio
 
-from ptth._types import Receive, Scope, Send
+from ptth.types import Receive, Scope, Send
 from tests.support import serve_lifespan, start_backend, start_router
 
 VERSIONS = ["http1", "http2"]

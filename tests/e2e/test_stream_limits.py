@@ -30,7 +30,7 @@ from tests.support import (
 require_module("websockets", reason="the websockets client is not installed")
 from websockets.asyncio.client import connect as async_connect  # noqa: E402 (after the check)
 
-from ptth._types import Receive, Scope, Send  # noqa: E402
+from ptth.types import Receive, Scope, Send  # noqa: E402
 
 
 async def ws_and_http_app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -41,7 +41,7 @@ import httpx
 import pytest
 import trio
 
-from ptth._types import Receive, Scope, Send
+from ptth.types import Receive, Scope, Send
 from tests.support import RunningRouter, serve_lifespan, start_backend, start_router
 
 MiB = 1024 * 1024

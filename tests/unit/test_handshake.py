@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptth._handshake import (
+from ptth.errors import HandshakeError, HandshakeRefused
+from ptth.proto.handshake import (
     MAX_HEAD_SIZE,
     ClientHandshake,
     Registration,
     ServerHandshake,
 )
-from ptth.errors import HandshakeError, HandshakeRefused
 
 
 def _exchange(registration: Registration) -> tuple[Registration, ServerHandshake, ClientHandshake]:

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptth._asgi_http import build_scope
-from ptth._fields import HOP_BY_HOP, Headers, strip_hop_by_hop, validate_name, validate_value
-from ptth._headers import (
+from ptth.errors import HeaderError
+from ptth.proto.fields import HOP_BY_HOP, Headers, strip_hop_by_hop, validate_name, validate_value
+from ptth.proto.headers import (
     RequestHead,
     clean_trailers,
     from_tunnel_response,
@@ -19,7 +20,6 @@ from ptth._headers import (
     strip_path_prefix,
     to_tunnel_request,
 )
-from ptth.errors import HeaderError
 
 PSEUDO_GET: Headers = [
     (b":method", b"GET"),

@@ -17,13 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ("ptth", "router")
 PURE = [
-    "ptth/_handshake.py",
-    "ptth/_headers.py",
-    "ptth/_fields.py",
+    "ptth/proto/handshake.py",
+    "ptth/proto/headers.py",
+    "ptth/proto/fields.py",
     "ptth/_backoff.py",
-    "ptth/_address.py",
+    "ptth/proto/address.py",
     "ptth/_upstream_url.py",
-    "ptth/_ws_frames.py",
+    "ptth/proto/ws_frames.py",
     "ptth/errors.py",
     "router/routing.py",
     "router/balancer.py",

@@ -9,7 +9,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 
-from ptth._ws_frames import FrameCodec, WSClosed, WSMessage
+from ptth.proto.ws_frames import FrameCodec, WSClosed, WSMessage
 
 
 def peer() -> Connection:

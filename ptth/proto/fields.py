@@ -1,9 +1,9 @@
 """Rules for single header fields (pure: no I/O, no trio).
 
 What a field name, a field value or a pseudo-header value may hold, which fields belong to one
-connection, and when Content-Length values agree; :mod:`ptth._headers` applies these rules to whole
-header blocks. Every violation raises :class:`ptth.errors.HeaderError` (status 400) naming the
-field.
+connection, and when Content-Length values agree; :mod:`ptth.proto.headers` applies these rules
+to whole header blocks. Every violation raises :class:`ptth.errors.HeaderError` (status 400)
+naming the field.
 """
 
 from __future__ import annotations

@@ -20,11 +20,13 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-__all__ = ["MAX_MESSAGE_SIZE", "FrameCodec", "WSClosed", "WSMessage"]
+__all__ = ["CLOSE_TIMEOUT", "MAX_MESSAGE_SIZE", "FrameCodec", "WSClosed", "WSMessage"]
 
 # The largest message either end reassembles; the router's front end (hypercorn's
 # websocket_max_message_size) uses the same number, so a message the user may send always fits.
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+# Seconds one side waits for the other to finish the closing handshake (RFC 6455 §7.1.1).
+CLOSE_TIMEOUT = 5.0
 
 NORMAL_CLOSURE = int(CloseReason.NORMAL_CLOSURE)  # 1000
 NO_STATUS_RCVD = int(CloseReason.NO_STATUS_RCVD)  # 1005: a close frame without a code

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["format_address", "parse_address"]
 

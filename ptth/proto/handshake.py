@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import h11
 
-from .errors import HandshakeError, HandshakeRefused
+from ..errors import HandshakeError, HandshakeRefused
 
 __all__ = [
     "MAX_HEAD_SIZE",

@@ -2,7 +2,7 @@
 
 The router translates user requests (HTTP/1.1 or h2, already parsed by hypercorn into ASGI-style
 ``(name, value)`` byte pairs) into HTTP/2 header blocks for the tunnel, and back. Everything that
-can smuggle a request or inject a header is decided here and in :mod:`ptth._fields`, once
+can smuggle a request or inject a header is decided here and in :mod:`ptth.proto.fields`, once
 (ARCHITECTURE.md, attack 21):
 
 * names are RFC 9110 §5.6.2 tokens; values never hold CR, LF or NUL (RFC 9113 §8.2.1);
@@ -15,7 +15,7 @@ can smuggle a request or inject a header is decided here and in :mod:`ptth._fiel
 * for a backend that asked for it, the matched path prefix is cut from ``:path`` and named in
   X-Forwarded-Prefix (:func:`strip_path_prefix`).
 
-The rules for single fields (the first three) live in :mod:`ptth._fields`; this module applies
+The rules for single fields (the first three) live in :mod:`ptth.proto.fields`; this module applies
 them to request, response and trailer blocks. Every violation raises
 :class:`ptth.errors.HeaderError` (status 400) naming the field.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ptth.errors import HeaderError
 
-from ._fields import (
+from .fields import (
     OWS,
     Headers,
     collapse_content_length,
