@@ -8,6 +8,7 @@ import hashlib
 import importlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -406,6 +407,17 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port}")
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    """The tool's path; skip when missing, except in CI where a missing tool fails the test."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install {package or name})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI must have it")
+        pytest.skip(message)
+    return path
 
 
 def require_module(name: str, reason: str) -> ModuleType:

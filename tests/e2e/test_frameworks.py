@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -31,7 +30,7 @@ import httpx
 import pytest
 import trio
 
-from tests.support import Child, RunningRouter, child, require_module, start_router
+from tests.support import Child, RunningRouter, child, require_module, require_tool, start_router
 
 require_module("websockets", reason="the websockets client is not installed")
 from websockets.exceptions import ConnectionClosed  # noqa: E402 (after the availability check)
@@ -42,17 +41,6 @@ MiB = 1024 * 1024
 
 # --loop values to serve with; uvloop needs the uvloop package (required in CI).
 LOOPS = [pytest.param("asyncio", id="asyncio"), pytest.param("uvloop", id="uvloop")]
-
-
-def require_tool(name: str) -> str:
-    """The tool's path; skip when missing, except in CI where a missing tool fails the test."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}; CI must have it")
-        pytest.skip(message)
-    return path
 
 
 def require_loop(loop: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from tests.support import (
     RunningRouter,
     make_hello_app,
     read_body,
+    require_tool,
     serve_lifespan,
     start_backend,
     start_router,
@@ -263,17 +263,6 @@ async def h2_request(
         conn.close_connection()
         await sock.send_all(conn.data_to_send())
     return result
-
-
-def require_tool(name: str, package: str) -> str:
-    """The tool's path; skip when missing, except in CI where a missing tool fails the test."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (apt-get install {package})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}; CI must have it")
-        pytest.skip(message)
-    return path
 
 
 # -- request headers -------------------------------------------------------------------------
