@@ -15,6 +15,9 @@ Each adaptation has a documented reason (ARCHITECTURE.md, "The engine"):
   walk (which also forgets closed streams) runs only once per ``_SWEEP_EVERY`` new streams.
 * **Is output queued?** h2 only offers ``data_to_send()``, which takes it; the driver asks
   whether there is anything at all before it wakes its writer.
+* **hpack's debug lines.** hpack calls ``log.debug`` two dozen times per request (each a
+  call into ``logging`` that checks the level), whatever the level: its module loggers are
+  replaced by one whose ``debug`` does nothing.
 * **A logger with ``trace``.** h2's ``config.logger`` needs ``.debug`` and ``.trace``; a plain
   ``logging.Logger`` has no ``trace``. h2 logs every frame: far too chatty even at DEBUG.
 
@@ -31,6 +34,8 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack.hpack
+import hpack.table
 import hyperframe
 import hyperframe.frame
 from h2.errors import ErrorCodes
@@ -81,21 +86,27 @@ def _check() -> None:
 _check()
 
 
-def _frame_repr(self: Frame) -> str:
-    return f"{type(self).__name__}(stream_id={self.stream_id})"
-
-
-Frame.__repr__ = _frame_repr  # type: ignore[method-assign]
-
-
 class _Silent:
-    """What h2 expects of ``config.logger``: ``debug`` and ``trace`` that accept %-args."""
+    """What h2 expects of ``config.logger`` (``debug`` and ``trace``), and all hpack uses."""
 
     def debug(self, fmtstr: str, *args: Any) -> None:
         pass
 
     def trace(self, fmtstr: str, *args: Any) -> None:
         pass
+
+
+for _module in (hpack.hpack, hpack.table):
+    if not hasattr(_module, "log"):
+        raise ConfigError(f"unsupported hpack: {_module.__name__} has no module logger")
+    _module.log = _Silent()  # type: ignore[attr-defined]
+
+
+def _frame_repr(self: Frame) -> str:
+    return f"{type(self).__name__}(stream_id={self.stream_id})"
+
+
+Frame.__repr__ = _frame_repr  # type: ignore[method-assign]
 
 
 class H2Connection(h2.connection.H2Connection):
