@@ -117,13 +117,18 @@ class FrameBudget:
             self._unknown = 0
             self._resets = 0
             self._acks = 0
+            self._silent = 0
+            self._resets_sent = 0
 
-    def silent(self, frames_minus_events: int) -> None:
+    def silent(self, frames_minus_events: int, now: float) -> None:
         """A slice held ``frames_minus_events`` more frames than h2 made events of.
 
-        A running balance: a frame split across two reads counts in the first and its event
-        comes in the second, and frames that make several events pay back earlier ones.
+        A running balance over the budget window: a frame split across two reads counts in the
+        first and its event comes in the second, and frames that make several events pay back
+        earlier ones; the window keeps a long-lived connection's legitimate leftovers (a header
+        block's CONTINUATION frames) from adding up for ever.
         """
+        self._roll(now)
         self._silent = max(0, self._silent + frames_minus_events)
         allowed = (
             self.limits.silent_frames_allowance

@@ -182,7 +182,7 @@ class Engine:
                 return self._take_events()
             # Frames that made no event at all (on a stream we reset, h2 answers each with
             # RST_STREAM and tells us nothing) are charged too; see FrameBudget.silent.
-            budget.silent(guard.slice_frames - len(h2_events))
+            budget.silent(guard.slice_frames - len(h2_events), now)
             for event in h2_events:
                 budget.count(event, now)
                 if budget.exceeded is not None:

@@ -1219,3 +1219,16 @@ def test_unsolicited_ping_acks_are_budgeted(count: int) -> None:
         closed_with(pair.engine, ErrorCodes.ENHANCE_YOUR_CALM)
     else:
         assert pair.engine.closed is None
+
+
+def test_the_silent_frame_balance_starts_again_each_window() -> None:
+    # 30 frames on a reset stream fit the first window (20 + 20 for the reset); 19 more fit the
+    # next one (20, no reset in it), but 49 in one balance would not (ARCHITECTURE.md, "Budgets").
+    pair = link(client_side=False, limits=LIMITS)
+    pair.peer.send_headers(1, REQUEST)
+    [state] = opened(pair.send())
+    pair.engine.reset(state)
+    pair.feed(DataFrame(1, data=b"x").serialize() * 30)
+    pair.now += LIMITS.window + 1
+    pair.feed(DataFrame(1, data=b"x").serialize() * 19)
+    assert pair.engine.closed is None
