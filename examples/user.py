@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Load-test client for a PTTH router, modelled after the original PTTH demo's ``user``.
 
-It fires ``--requests`` GET requests at ``--url`` from ``--concurrency`` workers that share
-one request counter, prints every exchange as it happens::
+It fires GET requests at ``--url`` from ``--concurrency`` workers, either ``--requests N`` of
+them in all (default 200) or as many as fit in ``--duration SECONDS`` (the two are mutually
+exclusive; either way the run stops by itself).  Every exchange is printed as it happens::
 
     > GET http://127.0.0.1:8888/foo
     < 200 OK "bar"
 
-and finishes with a summary (throughput, latency percentiles, status codes and the
+and the run finishes with a summary (throughput, latency percentiles, status codes and the
 distribution of the ``X-Backend`` response header, i.e. which backend served what)::
 
     requests      200
@@ -18,31 +19,53 @@ distribution of the ``X-Backend`` response header, i.e. which backend served wha
     statuses      200=200
     backends      backend-a=101 (50.5%)  backend-b=99 (49.5%)
 
-Transport failures and responses with status >= 500 count as errors; the exit code is 1
-if there were any, else 0.  ``--http2`` speaks HTTP/2 (for ``http://`` URLs that is h2c
-with prior knowledge).
+Output depends on where stdout goes:
 
-``run_load()`` is the reusable core; tests and the demo call it directly.
+* a terminal: a live progress bar (requests done / total, or elapsed / duration, the current
+  requests/s and the errors so far) under the per-request lines, and the summary as tables
+  (needs ``rich``, a dev dependency; without it the output is the plain one);
+* anything else (a pipe, a file, the tests, ``make demo`` captured): plain text as above;
+* ``--json``: one JSON object with the same figures and nothing else (no per-request lines,
+  no bar), for scripts; latencies there are in milliseconds, ``duration`` in seconds.
+
+``--requests`` counts every request sent, and the run waits for all of them.  With
+``--duration`` workers keep sending until the time is up; requests still in flight then are
+abandoned (neither counted nor timed), so ``requests`` is the number that completed.
+
+Transport failures and responses with status >= 500 count as errors; the exit code is 1
+if there were any, else 0 (2 for a usage error).  ``--http2`` speaks HTTP/2 (for ``http://``
+URLs that is h2c with prior knowledge).
+
+``run_load()`` is the reusable core; the tests call it directly (the demo runs this script).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
 DEFAULT_URL = "http://127.0.0.1:8888/foo"
+DEFAULT_REQUESTS = 200
 BACKEND_HEADER = "X-Backend"
 NO_BACKEND = "(none)"
 BODY_PREVIEW_CHARS = 60
+TICK_SECONDS = 0.2  # how often run_load reports progress to ``on_tick``
+RATE_WINDOW_SECONDS = 2.0  # the progress bar's "current" req/s is over this window
 
 
 @dataclass
@@ -61,6 +84,20 @@ class Summary:
     max_latency: float = 0.0
     #: error kind -> count; exception type names, or ``"HTTP 503"`` for 5xx responses
     failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> int:
+        """Requests that got an HTTP response (of any status), i.e. those with a latency."""
+        return sum(self.backends.values())
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A progress report from a running ``run_load``: completed requests, errors, seconds."""
+
+    done: int
+    errors: int
+    elapsed: float
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -84,6 +121,10 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000.0:.1f} ms"
 
 
+def _by_count(counts: dict[str, int]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def format_summary(summary: Summary) -> str:
     """The human-readable summary block (no trailing newline)."""
     label = "{:<14}".format
@@ -91,10 +132,11 @@ def format_summary(summary: Summary) -> str:
         statuses = "  ".join(f"{code}={n}" for code, n in sorted(summary.statuses.items()))
     else:
         statuses = "-"
-    answered = sum(summary.backends.values())
+    answered = summary.answered
     if answered:
-        ordered = sorted(summary.backends.items(), key=lambda kv: (-kv[1], kv[0]))
-        backends = "  ".join(f"{name}={n} ({100.0 * n / answered:.1f}%)" for name, n in ordered)
+        backends = "  ".join(
+            f"{name}={n} ({100.0 * n / answered:.1f}%)" for name, n in _by_count(summary.backends)
+        )
     else:
         backends = "-"
     if answered:
@@ -114,80 +156,161 @@ def format_summary(summary: Summary) -> str:
         f"{label('backends')}{backends}",
     ]
     if summary.failures:
-        ordered_failures = sorted(summary.failures.items(), key=lambda kv: (-kv[1], kv[0]))
-        lines.append(f"{label('failures')}" + "  ".join(f"{k}={n}" for k, n in ordered_failures))
+        failures = "  ".join(f"{k}={n}" for k, n in _by_count(summary.failures))
+        lines.append(f"{label('failures')}{failures}")
     return "\n".join(lines)
+
+
+def summary_dict(summary: Summary) -> dict[str, Any]:
+    """The figures of ``summary`` as JSON-ready data (what ``--json`` prints).
+
+    ``duration`` is in seconds, ``latency_ms`` in milliseconds (``null`` values if no request
+    got a response); ``statuses`` is keyed by the status code as a string.
+    """
+
+    def ms(seconds: float) -> float | None:
+        return round(seconds * 1000.0, 3) if summary.answered else None
+
+    return {
+        "requests": summary.requests,
+        "errors": summary.errors,
+        "duration": round(summary.duration, 6),
+        "rps": round(summary.rps, 3),
+        "latency_ms": {
+            "p50": ms(summary.p50),
+            "p90": ms(summary.p90),
+            "p99": ms(summary.p99),
+            "max": ms(summary.max_latency),
+        },
+        "statuses": {str(code): n for code, n in sorted(summary.statuses.items())},
+        "backends": dict(_by_count(summary.backends)),
+        "failures": dict(_by_count(summary.failures)),
+    }
 
 
 async def run_load(
     url: str = DEFAULT_URL,
-    requests: int = 200,
+    requests: int | None = None,
     concurrency: int = 10,
     http2: bool = False,
     quiet: bool = False,
     timeout: float = 10.0,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
+    *,
+    duration: float | None = None,
+    on_tick: Callable[[Tick], None] | None = None,
 ) -> Summary:
-    """Send ``requests`` GETs to ``url`` from ``concurrency`` workers and summarise them.
+    """Send GETs to ``url`` from ``concurrency`` workers and summarise them.
 
-    Per-request lines go to ``out`` unless ``quiet``; the summary is returned, not printed.
+    The run is bounded by ``requests`` (default 200) or by ``duration`` seconds, not both;
+    with ``duration``, requests still in flight when the time is up are abandoned.
+    Per-request lines go to ``out`` (default: ``sys.stdout`` at call time) unless ``quiet``;
+    ``on_tick`` (if given) gets a :class:`Tick` every ``TICK_SECONDS`` and one at the end.
+    The summary is returned, not printed.
     """
-    if requests < 0:
+    if requests is not None and duration is not None:
+        raise ValueError("give requests or duration, not both")
+    if duration is None and requests is None:
+        requests = DEFAULT_REQUESTS
+    if requests is not None and requests < 0:
         raise ValueError("requests must be >= 0")
+    if duration is not None and not duration > 0:
+        raise ValueError("duration must be > 0")
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
+    stream = sys.stdout if out is None else out
 
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     backends: Counter[str] = Counter()
     failures: Counter[str] = Counter()
     issued = 0
+    done = 0
+    started = time.perf_counter()
+    deadline = None if duration is None else started + duration
 
     def emit(line: str) -> None:
         if not quiet:
-            print(line, file=out)
+            print(line, file=stream)
+
+    def more() -> bool:
+        if deadline is not None:
+            return time.perf_counter() < deadline
+        assert requests is not None
+        return issued < requests
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal issued
+        nonlocal issued, done
         # Single-threaded event loop: check-and-increment without an await is atomic.
-        while issued < requests:
+        while more():
             issued += 1
             emit(f"> GET {url}")
-            started = time.perf_counter()
+            sent = time.perf_counter()
             try:
                 response = await client.get(url)
             except (httpx.HTTPError, OSError) as exc:
                 kind = type(exc).__name__
                 failures[kind] += 1
+                done += 1
                 emit(f"! {kind}: {exc}")
                 continue
-            latencies.append(time.perf_counter() - started)
+            latencies.append(time.perf_counter() - sent)
             statuses[response.status_code] += 1
             backends[response.headers.get(BACKEND_HEADER, NO_BACKEND)] += 1
+            if response.status_code >= 500:
+                failures[f"HTTP {response.status_code}"] += 1
+            done += 1
             # Some servers (hypercorn) send no reason phrase; show the standard one then.
             reason = response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
             emit(f"< {response.status_code} {reason} {body_preview(response.content)}")
-            if response.status_code >= 500:
-                failures[f"HTTP {response.status_code}"] += 1
 
-    workers = min(concurrency, requests) if requests else 0
-    limits = httpx.Limits(max_connections=max(concurrency, 1), max_keepalive_connections=None)
-    started = time.perf_counter()
+    def tick() -> None:
+        if on_tick is not None:
+            on_tick(Tick(done, sum(failures.values()), time.perf_counter() - started))
+
+    async def ticker() -> None:
+        while True:
+            tick()
+            await asyncio.sleep(TICK_SECONDS)
+
+    if deadline is not None:
+        workers = concurrency
+    else:
+        assert requests is not None
+        workers = min(concurrency, requests)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=None)
     async with httpx.AsyncClient(
         http1=not http2,
         http2=http2,
         timeout=httpx.Timeout(timeout),
         limits=limits,
     ) as client:
-        await asyncio.gather(*(worker(client) for _ in range(workers)))
-    duration = time.perf_counter() - started
+        tasks = [asyncio.create_task(worker(client)) for _ in range(workers)]
+        ticking = asyncio.create_task(ticker()) if on_tick is not None else None
+        try:
+            if tasks:
+                remaining = None if deadline is None else max(deadline - time.perf_counter(), 0)
+                await asyncio.wait(tasks, timeout=remaining)
+        finally:
+            # Past the deadline (or on cancellation from outside): abandon what is in flight.
+            for task in [*tasks, ticking]:
+                if task is not None:
+                    task.cancel()
+            results = await asyncio.gather(
+                *tasks, *([ticking] if ticking else []), return_exceptions=True
+            )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+    elapsed = time.perf_counter() - started
+    tick()
 
     latencies.sort()
     return Summary(
-        requests=requests,
+        requests=done,
         errors=sum(failures.values()),
-        duration=duration,
-        rps=requests / duration if duration > 0 else 0.0,
+        duration=elapsed,
+        rps=done / elapsed if elapsed > 0 else 0.0,
         p50=percentile(latencies, 50),
         p90=percentile(latencies, 90),
         p99=percentile(latencies, 99),
@@ -196,6 +319,117 @@ async def run_load(
         max_latency=latencies[-1] if latencies else 0.0,
         failures=dict(failures),
     )
+
+
+# --- terminal output (rich) ----------------------------------------------------------------
+
+
+def terminal_console() -> Console | None:
+    """A rich console on stdout if stdout is an interactive terminal and rich is installed."""
+    if not sys.stdout.isatty():
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    console = Console()
+    return console if console.is_interactive else None
+
+
+class ProgressBar:
+    """The live bar: requests done / total (or elapsed / duration), current req/s, errors."""
+
+    def __init__(self, console: Console, requests: int | None, duration: float | None) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.requests = requests
+        self.duration = duration
+        self.samples: deque[tuple[float, int]] = deque()
+        self.progress: Progress = Progress(
+            TextColumn("[bold]load[/]"),
+            BarColumn(),
+            TextColumn("{task.fields[count]}"),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[errors]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        total = float(duration) if duration is not None else float(requests or 0)
+        self.task: TaskID = self.progress.add_task(
+            "load", total=total, count="", rate="", errors=""
+        )
+        self.update(Tick(0, 0, 0.0))
+
+    def update(self, tick: Tick) -> None:
+        self.samples.append((tick.elapsed, tick.done))
+        while len(self.samples) > 2 and tick.elapsed - self.samples[0][0] > RATE_WINDOW_SECONDS:
+            self.samples.popleft()
+        first_t, first_done = self.samples[0]
+        span = tick.elapsed - first_t
+        rate = (tick.done - first_done) / span if span > 0 else 0.0
+        if self.duration is not None:
+            count = f"{min(tick.elapsed, self.duration):.1f}/{self.duration:g} s  {tick.done} req"
+            completed = min(tick.elapsed, self.duration)
+        else:
+            count = f"{tick.done}/{self.requests} req"
+            completed = float(tick.done)
+        style = "red" if tick.errors else "green"
+        self.progress.update(
+            self.task,
+            completed=completed,
+            count=count,
+            rate=f"{rate:,.1f} req/s",
+            errors=f"[{style}]{tick.errors} errors[/]",
+        )
+
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[None]:
+        with self.progress:
+            yield
+
+
+def print_tables(console: Console, summary: Summary) -> None:
+    """The summary as rich tables: overview and latency, statuses, backends, failures."""
+    from rich.table import Table
+
+    overview = Table(title="load test", title_justify="left", show_header=False)
+    overview.add_column("figure", style="bold")
+    overview.add_column("value", justify="right")
+    overview.add_row("requests", str(summary.requests))
+    style = "red" if summary.errors else "green"
+    overview.add_row("errors", f"[{style}]{summary.errors}[/]")
+    overview.add_row("duration", f"{summary.duration:.3f} s")
+    overview.add_row("requests/s", f"{summary.rps:.1f}")
+    for name, value in (
+        ("latency p50", summary.p50),
+        ("latency p90", summary.p90),
+        ("latency p99", summary.p99),
+        ("latency max", summary.max_latency),
+    ):
+        overview.add_row(name, _ms(value) if summary.answered else "-")
+    console.print(overview)
+
+    def shares(title: str, heading: str, rows: list[tuple[str, int]], total: int) -> None:
+        table = Table(title=title, title_justify="left")
+        table.add_column(heading)
+        table.add_column("count", justify="right")
+        table.add_column("share", justify="right")
+        for name, n in rows:
+            table.add_row(name, str(n), f"{100.0 * n / total:.1f}%" if total else "-")
+        console.print(table)
+
+    answered = summary.answered
+    if summary.statuses:
+        rows = [(str(code), n) for code, n in sorted(summary.statuses.items())]
+        shares("statuses", "status", rows, answered)
+    if summary.backends:
+        shares("backends", BACKEND_HEADER, _by_count(summary.backends), answered)
+    if summary.failures:
+        shares("failures", "kind", _by_count(summary.failures), summary.requests)
+
+
+# --- command line --------------------------------------------------------------------------
 
 
 def _positive_int(text: str) -> int:
@@ -214,7 +448,7 @@ def _non_negative_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
@@ -224,12 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load-test a PTTH router (or any HTTP server) with concurrent GETs."
     )
     parser.add_argument("--url", default=DEFAULT_URL, help=f"target URL (default {DEFAULT_URL})")
-    parser.add_argument(
+    bound = parser.add_mutually_exclusive_group()
+    bound.add_argument(
         "--requests",
         type=_non_negative_int,
-        default=200,
+        default=None,
         metavar="N",
-        help="total requests (default 200)",
+        help=f"total requests (default {DEFAULT_REQUESTS} unless --duration is given)",
+    )
+    bound.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="send requests for this long instead of a fixed number (in-flight ones at the "
+        "end are abandoned)",
     )
     parser.add_argument(
         "--concurrency",
@@ -245,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="suppress per-request lines")
     parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print only one JSON object with the results (implies --quiet, no progress bar)",
+    )
+    parser.add_argument(
         "--timeout",
         type=_positive_float,
         default=10.0,
@@ -256,23 +504,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = asyncio.run(
+    quiet = args.quiet or args.json
+    console = None if args.json else terminal_console()
+    requests = args.requests
+    if requests is None and args.duration is None:
+        requests = DEFAULT_REQUESTS
+    bar = ProgressBar(console, requests, args.duration) if console is not None else None
+
+    def load() -> Summary:
+        return asyncio.run(
             run_load(
                 url=args.url,
-                requests=args.requests,
+                requests=requests,
+                duration=args.duration,
                 concurrency=args.concurrency,
                 http2=args.http2,
-                quiet=args.quiet,
+                quiet=quiet,
                 timeout=args.timeout,
+                on_tick=bar.update if bar is not None else None,
             )
         )
+
+    try:
+        if bar is not None:
+            # While the bar is live, rich routes sys.stdout (the per-request lines) above it.
+            with bar.shown():
+                summary = load()
+        else:
+            summary = load()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if not args.quiet:
-        print()
-    print(format_summary(summary))
+    if args.json:
+        print(json.dumps(summary_dict(summary)))
+    elif console is not None:
+        console.print()
+        print_tables(console, summary)
+    else:
+        if not quiet:
+            print()
+        print(format_summary(summary))
     return 1 if summary.errors else 0
 
 

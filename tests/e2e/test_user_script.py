@@ -1,15 +1,17 @@
-"""End-to-end tests for examples/user.py against a throwaway hypercorn server.
+"""End-to-end tests for examples/user.py against a throwaway hypercorn server or a real router.
 
 The server is a tiny ASGI app run by ``python -m hypercorn`` in a subprocess.  The test binds
 the listening socket itself (127.0.0.1, port 0) and hands it over as ``fd://N``, so there is
 no pick-a-free-port race.  ``--workers 0`` keeps hypercorn in that one process, so killing
-it leaves nothing behind.
+it leaves nothing behind.  The ``--duration`` and ``--json`` tests run user.py against an
+in-process router with an example backend behind it (``tests.support``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import re
 import socket
 import subprocess
@@ -22,6 +24,10 @@ from types import ModuleType
 
 import httpx
 import pytest
+import trio
+
+from examples.backend import make_app
+from tests.support import RunningRouter, start_backend, start_router
 
 REPO = Path(__file__).resolve().parents[2]
 USER_SCRIPT = REPO / "examples" / "user.py"
@@ -116,6 +122,7 @@ def _wait_until_serving(proc: subprocess.Popen[bytes], base: str) -> None:
 
 
 def run_user(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run user.py with stdout and stderr captured (so never a terminal: plain output)."""
     return subprocess.run(
         [sys.executable, str(USER_SCRIPT), *args],
         capture_output=True,
@@ -220,6 +227,130 @@ def test_closed_port_all_errors() -> None:
     assert all(re.match(r"! \w+: ", ln) for ln in bang)
 
 
+# --- --duration, --json and the usage rules, against a real router and backend --------------
+
+
+async def run_user_async(*args: str) -> tuple[subprocess.CompletedProcess[bytes], float]:
+    """Run user.py from a trio test (the router keeps serving meanwhile); result, wall time."""
+    started = time.monotonic()
+    with trio.fail_after(45):
+        res = await trio.run_process(
+            [sys.executable, str(USER_SCRIPT), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=str(REPO),
+        )
+    return res, time.monotonic() - started
+
+
+async def _router_with_backend(nursery: trio.Nursery, name: str) -> RunningRouter:
+    router = await start_router(nursery)
+    await start_backend(nursery, make_app(name), router.tunnel)
+    await router.wait_tunnels(1)
+    return router
+
+
+@pytest.mark.timeout(60)
+async def test_duration_bounds_the_run() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await _router_with_backend(nursery, "timed-1")
+        args = ["--quiet", "--duration", "1", "--concurrency", "4"]
+        res, wall = await run_user_async(*args, "--url", f"{router.url}/foo")
+        nursery.cancel_scope.cancel()
+    out = res.stdout.decode()
+    assert res.returncode == 0, out + res.stderr.decode()
+    assert "\x1b" not in out  # not a terminal: no bar, no colours, no tables
+    f = summary_fields(out)
+    # Loose bounds only: the run stops by itself at about 1 s (plus interpreter start-up).
+    assert 0.8 <= float(f["duration"].removesuffix(" s")) <= 5
+    assert 0.8 <= wall <= 15
+    assert int(f["requests"]) > 0
+    assert f["errors"] == "0"
+    assert f["statuses"] == f"200={f['requests']}"
+    assert f["backends"] == f"timed-1={f['requests']} (100.0%)"
+
+
+@pytest.mark.timeout(60)
+async def test_json_output_parses_and_counts_match() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await _router_with_backend(nursery, "json-1")
+        url = f"{router.url}/foo"
+        by_count, _ = await run_user_async("--json", "--requests", "30", "--url", url)
+        timed, wall = await run_user_async("--json", "--duration", "1", "--url", url)
+        nursery.cancel_scope.cancel()
+
+    assert by_count.returncode == 0, by_count.stdout + by_count.stderr
+    data = json.loads(by_count.stdout)  # the whole of stdout is one JSON object
+    assert set(data) == {
+        "requests",
+        "errors",
+        "duration",
+        "rps",
+        "latency_ms",
+        "statuses",
+        "backends",
+        "failures",
+    }
+    assert data["requests"] == 30
+    assert data["errors"] == 0
+    assert data["statuses"] == {"200": 30}
+    assert data["backends"] == {"json-1": 30}
+    assert data["failures"] == {}
+    latency = data["latency_ms"]
+    assert set(latency) == {"p50", "p90", "p99", "max"}
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert data["duration"] > 0
+    assert data["rps"] == pytest.approx(30 / data["duration"], rel=0.01)
+
+    assert timed.returncode == 0, timed.stdout + timed.stderr
+    data = json.loads(timed.stdout)
+    assert 0.8 <= data["duration"] <= 5 and wall <= 15
+    assert data["requests"] > 0
+    assert data["errors"] == 0
+    assert sum(data["statuses"].values()) == data["requests"]
+    assert data["backends"] == {"json-1": data["requests"]}
+
+
+@pytest.mark.timeout(60)
+def test_json_output_with_errors(server: str) -> None:
+    res = run_user("--json", "--requests", "6", "--url", f"{server}/boom")
+    assert res.returncode == 1
+    data = json.loads(res.stdout)
+    assert (data["requests"], data["errors"]) == (6, 6)
+    assert data["statuses"] == {"503": 6}
+    assert data["failures"] == {"HTTP 503": 6}
+    assert data["backends"] == {"backend-a": 3, "backend-b": 3}
+
+    url = f"http://127.0.0.1:{free_closed_port()}/foo"
+    res = run_user("--json", "--requests", "4", "--timeout", "2", "--url", url)
+    assert res.returncode == 1
+    data = json.loads(res.stdout)
+    assert (data["requests"], data["errors"]) == (4, 4)
+    assert data["statuses"] == {} and data["backends"] == {}
+    assert data["latency_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--requests", "10", "--duration", "1"],
+        ["--duration", "0"],
+        ["--duration", "-1"],
+        ["--duration", "nan"],
+        ["--requests", "-1"],
+    ],
+)
+def test_usage_errors(args: list[str]) -> None:
+    # Refused before any request: the URL is a closed port and nothing is sent.
+    res = run_user(*args, "--url", f"http://127.0.0.1:{free_closed_port()}/foo")
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert "usage:" in res.stderr
+    if "--requests" in args and "--duration" in args:
+        assert "not allowed with argument" in res.stderr
+
+
 # --- in-process checks of the reusable pieces ---------------------------------------------
 
 
@@ -260,3 +391,52 @@ def test_run_load_api(server: str) -> None:
     assert 0 < summary.p50 <= summary.p90 <= summary.p99 <= summary.max_latency
     assert summary.rps > 0
     assert out.getvalue().count('< 200 OK "bar"') == 10
+
+
+@pytest.mark.timeout(60)
+def test_run_load_duration_api(server: str) -> None:
+    import asyncio
+
+    user = _load_user_module()
+    ticks: list[object] = []
+    summary = asyncio.run(
+        user.run_load(
+            f"{server}/foo", duration=0.5, concurrency=2, quiet=True, on_tick=ticks.append
+        )
+    )
+    assert 0.4 <= summary.duration <= 5
+    assert summary.requests > 0
+    assert summary.statuses == {200: summary.requests}
+    assert ticks and ticks[-1].done == summary.requests  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        asyncio.run(user.run_load(f"{server}/foo", requests=5, duration=1.0))
+
+
+def test_summary_dict_and_tables() -> None:
+    from rich.console import Console
+
+    user = _load_user_module()
+    summary = user.Summary(
+        requests=4,
+        errors=1,
+        duration=2.0,
+        rps=2.0,
+        p50=0.001,
+        p90=0.002,
+        p99=0.003,
+        statuses={200: 3, 503: 1},
+        backends={"b": 1, "a": 3},
+        max_latency=0.004,
+        failures={"HTTP 503": 1},
+    )
+    data = user.summary_dict(summary)
+    assert json.loads(json.dumps(data)) == data
+    assert data["latency_ms"] == {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
+    assert data["statuses"] == {"200": 3, "503": 1}
+    assert list(data["backends"].items()) == [("a", 3), ("b", 1)]
+
+    console = Console(record=True, width=100, force_terminal=True)
+    user.print_tables(console, summary)
+    text = console.export_text()
+    for expected in ("latency p99", "3.0 ms", "503", "75.0%", "X-Backend", "HTTP 503"):
+        assert expected in text
