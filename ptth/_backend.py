@@ -13,7 +13,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -141,14 +141,22 @@ class _Backend:
         backoff = Backoff(
             base=opts.backoff_base, cap=opts.backoff_cap, reset_after=opts.backoff_reset_after
         )
+        still_dialling = True
+
+        def live() -> None:  # once registered it counts among the live tunnels instead
+            nonlocal still_dialling
+            if still_dialling:
+                still_dialling = False
+                self._dialling[(host, port)] -= 1
+
         try:
-            await self._connect_once(host, port, -1, backoff)
+            await self._connect_once(host, port, -1, backoff, on_live=live)
         except BaseExceptionGroup as group:
             log.warning("router %s:%d: extra tunnel: %s", host, port, unwrap(group, PTTHError))
         except (OSError, PTTHError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             log.warning("router %s:%d: extra tunnel failed: %s", host, port, exc)
         finally:
-            self._dialling[(host, port)] -= 1
+            live()
 
     async def _close_when_idle(self, tunnel: Connection) -> None:
         """An extra tunnel that carried nothing for ``idle_after`` seconds is drained."""
@@ -194,7 +202,15 @@ class _Backend:
             log.info("reconnecting to %s:%d in %.2f s", host, port, delay)
             await anyio.sleep(delay)
 
-    async def _connect_once(self, host: str, port: int, slot: int, backoff: Backoff) -> None:
+    async def _connect_once(
+        self,
+        host: str,
+        port: int,
+        slot: int,
+        backoff: Backoff,
+        *,
+        on_live: Callable[[], None] | None = None,
+    ) -> None:
         with anyio.fail_after(HANDSHAKE_TIMEOUT):
             sock = await anyio.connect_tcp(host, port)
         try:
@@ -241,6 +257,8 @@ class _Backend:
         self.tunnels.add(tunnel)
         group = self._by_router.setdefault((host, port), {})
         group[tunnel] = capacity
+        if on_live is not None:
+            on_live()
         backoff.connected(anyio.current_time())
         try:
             async with anyio.create_task_group() as nursery:
