@@ -46,7 +46,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import queue
 import shutil
 import signal
@@ -69,6 +68,7 @@ import h2.connection
 import h2.events
 import h2.settings
 from hyperframe.frame import DataFrame
+from machine import cpu_seconds, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 # "before": a checkout of the tunnel driver before the rewrite, if none is named (--before-tree)
@@ -619,12 +619,6 @@ def worker(name: str, args: list[str], tree: Path = ROOT) -> Iterator[Worker]:
         w.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def busy_seconds() -> float:
     """CPU time every process on the machine used so far (all cores), from /proc/stat."""
     with open("/proc/stat") as f:
@@ -799,19 +793,6 @@ def wait_idle(limit: float, out: Any) -> None:
         if other < 0.15 and (other := other_load(0.5)) < 0.15:
             return
     print(f"  (machine still busy: other processes at {other * 100:.0f}%)", file=out, flush=True)
-
-
-def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def number(figure: str, value: float) -> str:

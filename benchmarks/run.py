@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import math
 import os
-import platform
 import queue
 import re
 import resource
@@ -51,6 +50,7 @@ from types import FrameType
 import httpx
 import loadgen
 import trio
+from machine import cpu_seconds, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "benchmarks.app:app"
@@ -175,13 +175,6 @@ def wait_ok(url: str, children: list[Child]) -> None:
 
 
 # -- /proc sampling -------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (fields 14 and 15 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
@@ -445,19 +438,6 @@ def print_download(rows: list[DownloadRow], client: str) -> None:
     pair = {r.target: r for r in rows}
     if "router" in pair and "direct" in pair:
         print(f"router/direct: MB/s x{pair['router'].mb_per_s / pair['direct'].mb_per_s:.2f}")
-
-
-def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
 
 
 # -- main -----------------------------------------------------------------------------------
