@@ -20,6 +20,7 @@ from .driver import Stream
 from .engine import Headers
 from .errors import HeaderError, TunnelError
 from .proto.fields import declared_length, strip_hop_by_hop
+from .proto.forwarded import Hop, take_hop
 from .proto.headers import RequestHead, clean_trailers
 from .types import ASGIApp, Message
 
@@ -28,7 +29,18 @@ __all__ = ["build_scope", "log_app_error", "serve_http"]
 log = logging.getLogger("ptth.asgi")
 
 
-def _client_from(headers: Headers) -> tuple[str, int] | None:
+def _client_from(headers: Headers, hop: Hop | None) -> tuple[str, int] | None:
+    """The user as the router saw it (its Forwarded element: address and port), else the first
+    X-Forwarded-For address; a trusted proxy's X-Forwarded-For names the user behind it."""
+    forwarded_for = None
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            forwarded_for = value.split(b",")[0].strip().decode("latin-1")
+            break
+    if hop is not None and hop.client is not None:
+        if forwarded_for and forwarded_for != hop.client[0]:
+            return (forwarded_for, 0)  # behind a trusted proxy: its user, port unknown
+        return hop.client
     for name, value in headers:
         if name == b"x-forwarded-for":
             first = value.split(b",")[0].strip().decode("latin-1")
@@ -78,21 +90,22 @@ def build_scope(
     followed by the X-Forwarded-Prefix of a router that stripped the tunnel's path prefix.
     """
     outer = root_path.rstrip("/")
-    prefix = _prefix_from(head.headers)
+    fields, hop = take_hop(head.headers)
+    prefix = _prefix_from(fields)
     mount = outer + _decoded(prefix)
     raw_mount = quote(outer, safe="/!$&'()*+,;=:@").encode("ascii") + prefix
     scope: dict[str, Any] = {
         "type": scope_type,
         "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "2",
-        "scheme": _scheme_from(head.headers, head.scheme or "http", scope_type == "websocket"),
+        "http_version": (hop.http_version if hop else None) or "2",
+        "scheme": _scheme_from(fields, head.scheme or "http", scope_type == "websocket"),
         "path": mount + _decoded(head.path),
         "raw_path": raw_mount + head.path,
         "query_string": head.query_string,
         "root_path": mount,
-        "headers": head.headers,
-        "client": _client_from(head.headers),
-        "server": server,
+        "headers": fields,
+        "client": _client_from(fields, hop),
+        "server": (hop.server if hop else None) or server,
         "extensions": {"http.response.trailers": {}},
     }
     if scope_type == "http":

@@ -229,8 +229,10 @@ class Connection:
         limits: BudgetLimits | None = None,
         on_stream: StreamHandler | None = None,
         initial_data: bytes = b"",
+        upgrade: tuple[bytes, Headers] | None = None,
     ) -> None:
         self.tunnel_id = tunnel_id
+        self._upgrade = upgrade
         self.client_side = client_side
         self.liveness = liveness or Liveness()
         self.engine = Engine(
@@ -342,6 +344,10 @@ class Connection:
                 self._spawn = spawn
                 group.start_soon(self._writer)
                 group.start_soon(self._timer)
+                if self._upgrade is not None:
+                    self.engine.accept_upgrade(*self._upgrade)
+                    self._dispatch(self.engine.take_events())
+                    self.wake_writer()
                 if self._initial_data:
                     self._feed(self._initial_data)
                 task_status.started()

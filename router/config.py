@@ -27,7 +27,7 @@ class RouterConfig:
     default_service: str | None = "default"
     grace: float = 30.0
     queue_timeout: float = 5.0
-    max_body: int = 10 * 1024 * 1024  # 0 = unlimited (still streamed)
+    max_body_size: int = 0  # request bodies; 0 = unlimited (streamed, bounded by flow control)
     ping_interval: float = 10.0
     dead_after: float = 20.0
     drain_timeout: float = 30.0
@@ -36,8 +36,21 @@ class RouterConfig:
     max_tunnels: int = 10_000
     max_pending_handshakes: int = 64
     trusted_proxies: tuple[str, ...] = ()
-    read_timeout: float = 60.0
+    keepalive_timeout: float = 60.0
+    header_timeout: float = 10.0
     request_body_timeout: float = 30.0  # silence between request body chunks before 408
+    min_body_rate: float = 1024.0  # bytes/s a request body must average after 10 s; 0 = off
+    write_timeout: float = 60.0
+    max_requests_per_connection: int = 10_000
+    max_connections: int = 10_000
+    max_connections_per_client: int = 256
+    max_in_flight_per_client: int = 1000  # 0 = no per-address cap
+    max_header_fields: int = 100
+    max_header_size: int = 64 * 1024
+    max_concurrent_streams: int = 100  # per HTTP/2 user connection
+    h2c_upgrade: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
     rate_limit: float = 0.0  # requests per second per client address; 0 = off
     rate_burst: float = 20.0
     max_in_flight: int = 10_000  # router-wide; above it new requests get 503 at once
@@ -52,6 +65,15 @@ class RouterConfig:
             "dead_after",
             "request_body_timeout",
             "max_in_flight",
+            "header_timeout",
+            "keepalive_timeout",
+            "write_timeout",
+            "max_requests_per_connection",
+            "max_connections",
+            "max_connections_per_client",
+            "max_header_fields",
+            "max_header_size",
+            "max_concurrent_streams",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -61,8 +83,10 @@ class RouterConfig:
             raise ConfigError("token must not be empty (leave it unset to accept any backend)")
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise ConfigError("rate_limit must be >= 0 and rate_burst >= 1")
-        if self.max_body < 0:
-            raise ConfigError("max_body must be >= 0")
+        if self.max_body_size < 0 or self.min_body_rate < 0 or self.max_in_flight_per_client < 0:
+            raise ConfigError("max_body_size, min_body_rate and max_in_flight_per_client: >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
 
 
 _HELP = {
@@ -76,7 +100,10 @@ _HELP = {
     "default_service": "catch-all service for unmatched requests ('none' turns it off)",
     "grace": "seconds a claim keeps routing (503) after its last tunnel dropped",
     "queue_timeout": "seconds a request waits when every tunnel is at its stream limit",
-    "max_body": "request body limit in bytes (0 = unlimited); over it: 413",
+    "max_body_size": (
+        "request body limit in bytes (0 = unlimited, streamed); over it: 413 before any backend "
+        "is contacted when Content-Length says so, else the stream is aborted at the limit"
+    ),
     "ping_interval": "seconds of tunnel silence before a PING",
     "dead_after": "seconds without any frame before a tunnel is dead",
     "drain_timeout": "seconds to let in-flight requests finish on shutdown",
@@ -85,8 +112,26 @@ _HELP = {
     "max_tunnels": "cap on registered tunnels",
     "max_pending_handshakes": "cap on tunnel connections still in their handshake",
     "trusted_proxies": "comma-separated client IPs whose X-Forwarded-* are kept",
-    "read_timeout": "front end: seconds an idle user connection stays open",
+    "keepalive_timeout": "seconds an idle user connection stays open between requests",
+    "header_timeout": "seconds a user has to send a complete request head (slowloris)",
     "request_body_timeout": "seconds a request body may stall between chunks before 408",
+    "min_body_rate": "bytes/s a request body must average after its first 10 s, else 408 (0 = off)",
+    "write_timeout": "seconds one write to a user may block before the connection is closed",
+    "max_requests_per_connection": (
+        "requests per user connection; then HTTP/1.1 'Connection: close', HTTP/2 graceful GOAWAY"
+    ),
+    "max_connections": "cap on user connections; above it new ones are closed at once",
+    "max_connections_per_client": "cap on user connections from one address",
+    "max_in_flight_per_client": "cap on requests in flight from one address (0 = none); 503",
+    "max_header_fields": "cap on header fields in a request; over it: 431",
+    "max_header_size": "cap on a request head in bytes; over it: 431",
+    "max_concurrent_streams": "concurrent streams per HTTP/2 user connection",
+    "h2c_upgrade": (
+        "honour 'Upgrade: h2c' over HTTP/1.1 (off by default: it lets h2c smuggling past a "
+        "TLS-terminating proxy in front)"
+    ),
+    "tls_cert": "front end TLS certificate chain (PEM); with tls_key serves HTTPS, ALPN h2/http1.1",
+    "tls_key": "front end TLS private key (PEM); certificate and key reload on SIGHUP",
     "rate_limit": "requests per second allowed per client address (0 = no limit); over it: 429",
     "rate_burst": "requests a client may burst above the rate limit",
     "max_in_flight": "router-wide cap on requests in flight; above it: 503 without queueing",
@@ -105,10 +150,16 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "trusted_proxies":
             items = value if isinstance(value, list | tuple) else str(value).split(",")
             return tuple(str(item).strip() for item in items if str(item).strip())
-        if name == "access_log":
+        if kind.startswith("bool"):
             if isinstance(value, bool):
                 return value
-            return str(value).strip().lower() in ("1", "true", "yes", "on")
+            text = str(value).strip().lower()
+            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(text)
+            return text in ("1", "true", "yes", "on")
+        if kind.startswith("str | None"):
+            text = str(value).strip()
+            return None if text.lower() in ("", "none") else text
         if kind.startswith("float"):
             return float(value)
         if kind.startswith("int"):

@@ -9,6 +9,7 @@ same idle timeout (:func:`next_response_chunk`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -31,9 +32,9 @@ from ptth.errors import (
 from ptth.groups import unwrap
 from ptth.proto.fields import Headers
 from ptth.proto.headers import strip_path_prefix
-from ptth.types import Scope
 
 from .config import RouterConfig
+from .frontend.exchange import UserRequest
 from .ratelimit import RateLimiter
 from .registry import Registry, RouterTunnel
 
@@ -43,9 +44,8 @@ __all__ = [
     "ProxyContext",
     "bad_request",
     "block_for",
-    "client_host",
+    "forwarded_element",
     "next_response_chunk",
-    "request_target",
     "tunnel_stream",
 ]
 
@@ -63,30 +63,39 @@ class ProxyContext:
     trusted_proxies: frozenset[str] = field(default_factory=frozenset)
     in_flight: int = 0
     limiter: RateLimiter | None = None
+    per_client: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         if self.limiter is None and self.config.rate_limit > 0:
             self.limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
 
-    def admit(self, scope: Scope) -> None:
+    def admit(self, client: str) -> None:
         """Shed load before any work (ARCHITECTURE.md, attack 22 and the 429 of "Error mapping")."""
         if self.in_flight >= self.config.max_in_flight:
             raise Overloaded(f"router is at its limit of {self.config.max_in_flight} requests")
+        cap = self.config.max_in_flight_per_client
+        if cap and self.per_client[client] >= cap:
+            raise Overloaded(f"this address is at its limit of {cap} requests in flight")
         if self.limiter is not None:
-            client = scope.get("client")
-            wait = self.limiter.acquire(client[0] if client else "-", trio.current_time())
+            wait = self.limiter.acquire(client, trio.current_time())
             if wait > 0:
                 raise RateLimited("too many requests from this address", wait)
 
     @contextmanager
-    def admitted(self, scope: Scope) -> Iterator[None]:
+    def admitted(self, client: str) -> Iterator[None]:
         """:meth:`admit`, then count the request as in flight until the block ends."""
-        self.admit(scope)
+        self.admit(client)
         self.in_flight += 1
+        self.per_client[client] += 1
         try:
             yield
         finally:
             self.in_flight -= 1
+            left = self.per_client[client] - 1
+            if left:
+                self.per_client[client] = left
+            else:
+                del self.per_client[client]
 
     def route(self, host: str, path: bytes) -> tuple[str, str | None]:
         """The service for this request and the path prefix that matched it (``None``: none);
@@ -115,23 +124,25 @@ def bad_request(message: str) -> ProxyError:
     return error
 
 
-def client_host(scope: Scope) -> str | None:
-    """The user's address as hypercorn saw it (the peer of the front-end connection)."""
-    client = scope.get("client")
-    return client[0] if client else None
+def _node(address: tuple[str, int]) -> bytes:
+    host, port = address
+    if ":" in host:
+        host = f"[{host}]"
+    return f'"{host}:{port}"'.encode("ascii", "replace")
 
 
-def request_target(scope: Scope) -> tuple[str, bytes]:
-    """The Host value and the raw path with its query, as the request carried them."""
-    host = ""
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value.decode("latin-1")
-            break
-    path = scope.get("raw_path") or scope["path"].encode()
-    if scope.get("query_string"):
-        path = path + b"?" + scope["query_string"]
-    return host, path
+def forwarded_element(request: UserRequest, authority: bytes) -> bytes:
+    """This hop's RFC 7239 Forwarded element: the user's address and port, the router's, the
+    scheme and host, plus the user's HTTP version (an extension parameter, RFC 7239 §5.5), from
+    which the helper builds the ASGI scope's ``client``, ``server`` and ``http_version``."""
+    host = authority.replace(b"\\", b"").replace(b'"', b"")
+    return b'for=%s;by=%s;proto=%s;host="%s";version=%s' % (
+        _node(request.client),
+        _node(request.server),
+        request.scheme,
+        host,
+        request.http_version.encode("ascii"),
+    )
 
 
 @asynccontextmanager

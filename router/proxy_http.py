@@ -1,4 +1,4 @@
-"""Forward one ASGI ``http`` request onto a tunnel stream and relay the response back.
+"""Forward one user request onto a tunnel stream and relay the response back.
 
 The request body and the response body both stream: a chunk is read from one side only after
 the previous one was handed to the other, and tunnel DATA is acknowledged (window reopened) only
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from email.utils import formatdate
 
@@ -28,18 +29,18 @@ from ptth.errors import (
 from ptth.groups import unwrap
 from ptth.proto.fields import declared_length
 from ptth.proto.headers import clean_trailers, from_tunnel_response, to_tunnel_request
-from ptth.types import Message, Receive, Scope, Send
 
 from .config import RouterConfig
+from .frontend.exchange import Exchange
+from .frontend.http1 import ClientGoneError
 from .proxy_common import (
     MAX_ATTEMPTS,
     ClientGone,
     ProxyContext,
     bad_request,
     block_for,
-    client_host,
+    forwarded_element,
     next_response_chunk,
-    request_target,
     tunnel_stream,
 )
 from .registry import RouterTunnel
@@ -51,10 +52,10 @@ __all__ = ["forward"]
 log = logging.getLogger("router.access")
 
 
-async def _send_error(send: Send, error: ProxyError) -> None:
+async def _send_error(exchange: Exchange, error: ProxyError) -> None:
     status, headers, body = error_response(error, date=formatdate(usegmt=True).encode())
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await exchange.start(status, headers)
+    await exchange.send(body, end=True)
 
 
 @dataclass
@@ -64,29 +65,35 @@ class _Outcome:
     tunnel_id: str = "-"
 
 
-async def forward(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
+async def forward(ctx: ProxyContext, exchange: Exchange) -> None:
     """Proxy one request; each failure becomes a status of ARCHITECTURE.md, "Error mapping"."""
     started = time.monotonic()
     outcome = _Outcome()
-    host, path = request_target(scope)
+    request = exchange.request
+    host = request.host
     try:
-        with ctx.admitted(scope):
-            await _forward(ctx, scope, receive, send, host, path, outcome)
-    except ClientGone:
+        with ctx.admitted(request.client[0]):
+            await _forward(ctx, exchange, host, outcome)
+    except (ClientGone, ClientGoneError):
         outcome.status = outcome.status or 499
     except ProxyError as error:
         if outcome.status:  # the response had started: abort the user's connection/stream
-            raise
-        outcome.status = error.status
-        await _send_error(send, error)
+            log.info("response aborted: %s", error)
+            exchange.abort()
+        else:
+            outcome.status = error.status
+            try:
+                await _send_error(exchange, error)
+            except ClientGoneError:
+                pass
     finally:
         if ctx.config.access_log:
             log.info(
                 "%s %s %s %s %d %d %.1fms tunnel=%s",
-                scope.get("client", ("-",))[0] if scope.get("client") else "-",
-                scope["method"],
+                request.client[0],
+                request.method.decode("latin-1"),
                 host or "-",
-                path.decode("latin-1"),
+                request.target.decode("latin-1"),
                 outcome.status,
                 outcome.sent,
                 (time.monotonic() - started) * 1000,
@@ -94,45 +101,43 @@ async def forward(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send)
             )
 
 
-async def _forward(
-    ctx: ProxyContext,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    host: str,
-    path: bytes,
-    outcome: _Outcome,
-) -> None:
-    service, prefix = ctx.route(host, path)
-    client_addr = client_host(scope)
+async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _Outcome) -> None:
+    request = exchange.request
+    if request.method == b"TRACE":
+        error = ProxyError("TRACE is not allowed through this router")
+        error.status = 405
+        raise error
+    service, prefix = ctx.route(host, request.target)
+    client_addr = request.client[0]
+    trusted = client_addr in ctx.trusted_proxies
     try:
+        authority = request.authority or b""
         headers = to_tunnel_request(
-            method=scope["method"].encode(),
-            path=path,
-            scheme=scope.get("scheme", "http").encode(),
-            headers=scope["headers"],
+            method=request.method,
+            path=request.target,
+            scheme=request.scheme,
+            headers=request.headers,
             client_addr=client_addr,
-            trusted_proxy=client_addr in ctx.trusted_proxies,
+            trusted_proxy=trusted,
+            authority=request.authority,
+            forwarded_element=forwarded_element(request, authority or host.encode("latin-1")),
         )
     except HeaderError as exc:
         raise bad_request(str(exc)) from None
     declared = declared_length(headers)
-    limit = ctx.config.max_body
+    limit = ctx.config.max_body_size
     if limit and declared is not None and declared > limit:
         raise BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
-    no_body = declared == 0 or (
-        declared is None
-        and not any(n == b"transfer-encoding" for n, _ in scope["headers"])
-        and scope.get("http_version") == "1.1"
-    )
-    body = RequestBody(receive, limit, ctx.config.request_body_timeout)
+    cfg = ctx.config
+    body = RequestBody(exchange, limit, cfg.request_body_timeout, cfg.min_body_rate)
+    no_body = declared == 0 or body.complete
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
         tunnel = await _acquire(ctx, service, tried, body)
         outcome.tunnel_id = tunnel.tunnel_id
         try:
             block = block_for(tunnel, headers, prefix)
-            await _exchange(ctx, tunnel, block, body, no_body, scope, send, outcome)
+            await _exchange(ctx, tunnel, block, body, no_body, exchange, outcome)
             return
         except StreamReset as exc:
             retry = exc.refused and not outcome.status and body.replay is not None
@@ -174,15 +179,14 @@ async def _exchange(
     headers: list[tuple[bytes, bytes]],
     body: RequestBody,
     no_body: bool,
-    scope: Scope,
-    send: Send,
+    exchange: Exchange,
     outcome: _Outcome,
 ) -> None:
     cfg = ctx.config
-    end_now = (no_body or body.complete) and not body.replay_size
+    end_now = (no_body or body.complete) and not body.replay_size and not body.trailers
     try:
         async with tunnel_stream(tunnel, headers, end_stream=end_now) as stream:
-            await _run_exchange(cfg, stream, body, end_now, scope, send, outcome)
+            await _run_exchange(cfg, stream, body, end_now, exchange, outcome)
             if body.disconnected:
                 raise ClientGone()
     except StreamReset:
@@ -198,8 +202,7 @@ async def _run_exchange(
     stream: Stream,
     body: RequestBody,
     end_now: bool,
-    scope: Scope,
-    send: Send,
+    exchange: Exchange,
     outcome: _Outcome,
 ) -> None:
     """Pump the request body and relay the response concurrently (a user gone cancels both).
@@ -219,15 +222,31 @@ async def _run_exchange(
         else:
             nursery.start_soon(pump_request, body, stream, nursery.cancel_scope, request_sent)
         with waiting:
-            response_headers = await stream.receive_headers()
+            response_headers = await _informational(stream, exchange)
         if waiting.cancelled_caught:
             raise ResponseTimeout(f"no response headers within {cfg.response_timeout:g} s")
         try:
             status, response_fields = from_tunnel_response(response_headers)
         except HeaderError as exc:
             raise BadGateway(f"backend sent an invalid response: {exc}") from None
-        await _relay_response(cfg, stream, status, response_fields, scope, send, outcome)
+        await _relay_response(cfg, stream, status, response_fields, exchange, outcome)
         nursery.cancel_scope.cancel()
+
+
+async def _informational(stream: Stream, exchange: Exchange) -> list[tuple[bytes, bytes]]:
+    """Relay 1xx responses (103 Early Hints) until the final response headers arrive."""
+    seen = 0
+    while True:
+        block = await stream.wait_informational(seen)
+        if block is None:
+            return await stream.receive_headers()
+        seen += 1
+        try:
+            status, fields = from_tunnel_response(block)
+        except HeaderError:
+            continue  # a malformed 1xx is dropped; the final response decides
+        if status != 100:  # 100 Continue was for the router's hop (it sent its own)
+            await exchange.informational(status, fields)
 
 
 async def _relay_response(
@@ -235,54 +254,58 @@ async def _relay_response(
     stream: Stream,
     status: int,
     fields: list[tuple[bytes, bytes]],
-    scope: Scope,
-    send: Send,
+    exchange: Exchange,
     outcome: _Outcome,
 ) -> None:
-    wants_trailers = "http.response.trailers" in scope.get("extensions", {}) and any(
-        n == b"te" and b"trailers" in v for n, v in scope["headers"]
+    request = exchange.request
+    wants_trailers = exchange.can_send_trailers and any(
+        n == b"te" and b"trailers" in v for n, v in request.headers
     )
     late: list[tuple[bytes, bytes]] = []
-    ended = stream.received_end and stream.buffered == 0 and stream.trailers is None
-    if wants_trailers and is_grpc_trailers_only(fields, ended=ended):
+    ended = stream.received_end and stream.buffered == 0
+    if wants_trailers and stream.trailers is None and is_grpc_trailers_only(fields, ended=ended):
         fields, late = split_trailers_only(fields)
     if not any(name == b"date" for name, _ in fields):
         fields = [*fields, (b"date", formatdate(usegmt=True).encode())]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": fields,
-            "trailers": wants_trailers,
-        }
-    )
+    trailers = wants_trailers and (stream.trailers is not None or bool(late) or not ended)
     outcome.status = status
+    if request.method == b"HEAD" or status in (204, 304):
+        # No body, whatever the backend sent (RFC 9110 §9.3.2, §15.3.5, §15.4.5).
+        await _to_user(exchange.start(status, fields, end=True), cfg.response_idle_timeout)
+        return
+    if ended and not trailers:
+        await _to_user(exchange.start(status, fields, end=True), cfg.response_idle_timeout)
+        return
+    await exchange.start(status, fields, trailers=trailers)
+    if not stream.buffered:
+        await exchange.flush()  # the body may be late (SSE): the user sees the head now
     more = True
     while more:
         chunk = await next_response_chunk(stream, cfg.response_idle_timeout)
         # Mark the last chunk as such when the backend already ended: one write fewer per
-        # response for the front end (most small responses arrive whole).
+        # response (most small responses arrive whole).
         more = bool(chunk) and not (stream.received_end and stream.buffered == 0)
         outcome.sent += len(chunk)
-        body = {"type": "http.response.body", "body": chunk, "more_body": more}
-        await _send_to_user(send, body, cfg.response_idle_timeout)
-    if wants_trailers:
-        trailers = clean_trailers(stream.trailers or late)
-        end = {"type": "http.response.trailers", "headers": trailers, "more_trailers": False}
-        await _send_to_user(send, end, cfg.response_idle_timeout)
+        end = not more and not trailers
+        await _to_user(exchange.send(chunk, end=end), cfg.response_idle_timeout)
+    if trailers:
+        final = clean_trailers(stream.trailers or late)
+        if final:
+            await _to_user(exchange.send_trailers(final), cfg.response_idle_timeout)
+        else:
+            await _to_user(exchange.send(b"", end=True), cfg.response_idle_timeout)
 
 
-async def _send_to_user(send: Send, message: Message, idle: float) -> None:
-    """``send`` one message; a user who takes nothing for ``idle`` s loses the response.
+async def _to_user(step: Awaitable[None], idle: float) -> None:
+    """One write to the user; a user who takes nothing for ``idle`` s loses the response.
 
-    Over HTTP/2 hypercorn's ``send`` waits for the user's flow-control window, which a user who
-    never sends WINDOW_UPDATE keeps shut (ARCHITECTURE.md, attacks 8 and 13): give up, so the tunnel
-    stream is reset and the backend sees ``http.disconnect``. A write stuck on a full socket
-    cannot be cancelled from here (hypercorn shields it); the front end's write timeout
-    (:mod:`router._hypercorn_write`) closes that connection instead.
+    Over HTTP/2 the write waits for the user's flow-control window, which a user who never
+    sends WINDOW_UPDATE keeps shut (ARCHITECTURE.md, attacks 8 and 13): give up, so the tunnel
+    stream is reset and the backend sees ``http.disconnect``. Over HTTP/1.1 the front end's
+    write deadline closes a connection whose socket stays full.
     """
     with trio.move_on_after(idle):
-        await send(message)
+        await step
         return
     log.info("user took no response data for %g s: response aborted", idle)
     raise ClientGone()

@@ -1,9 +1,9 @@
-"""Forward one ASGI ``websocket`` session onto a tunnel stream (RFC 8441 extended CONNECT).
+"""Forward one WebSocket session onto a tunnel stream (RFC 8441 extended CONNECT).
 
-hypercorn hands the router a ``websocket`` scope for an HTTP/1.1 Upgrade and for an h2 extended
-CONNECT alike. The session is routed and balanced like a request, then opened in the tunnel as
-``CONNECT`` with ``:protocol websocket``. The backend's answer decides the handshake: 2xx accepts
-the user's WebSocket, any other status is relayed as the denial (``websocket.http.response``).
+The front end hands the router an exchange with ``protocol`` websocket for an HTTP/1.1 Upgrade
+and for an h2 extended CONNECT alike. The session is routed and balanced like a request, then
+opened in the tunnel as ``CONNECT`` with ``:protocol websocket``. The backend's answer decides
+the handshake: 2xx accepts the user's WebSocket, any other status is relayed as the denial.
 
 Then two tasks pump messages, and each reads its side only after the other side took the
 previous message: tunnel DATA is acknowledged when the user's connection accepted the message
@@ -11,7 +11,8 @@ built from it, so a user who stops reading stops the backend through HTTP/2 flow
 router's memory stays bounded by one stream window plus one message. Inside the tunnel the router
 is the WebSocket client and masks its frames (RFC 6455 §5.3). Failures before the accept map to
 statuses as for plain requests (404, 502, 503, 504); a tunnel lost after it closes the user's
-WebSocket with 1011, never silently.
+WebSocket with 1011, never silently. On the user's side the router is the WebSocket server
+(:class:`_User`, a :class:`~ptth.proto.ws_frames.FrameCodec` over the exchange's bytes).
 """
 
 from __future__ import annotations
@@ -41,18 +42,19 @@ from ptth.proto.ws_frames import (
     FrameCodec,
     WSMessage,
 )
-from ptth.types import Message, Receive, Scope, Send
+from ptth.types import Message
 
 from .config import RouterConfig
+from .frontend.exchange import Exchange, UserRequest
+from .frontend.http1 import ClientGoneError
 from .proxy_common import (
     MAX_ATTEMPTS,
     ClientGone,
     ProxyContext,
     bad_request,
     block_for,
-    client_host,
+    forwarded_element,
     next_response_chunk,
-    request_target,
     tunnel_stream,
 )
 from .registry import RouterTunnel
@@ -79,65 +81,93 @@ class _Outcome:
 
 
 class _User:
-    """The user's side of the session, as hypercorn's ``receive``/``send`` pair."""
+    """The user's side of the session: the router is its WebSocket server.
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scope = scope
-        self._receive = receive
-        self._send = send
-        self.can_respond = "websocket.http.response" in scope.get("extensions", {})
+    Messages come and go as the dicts the pump has always used (``websocket.receive``,
+    ``websocket.disconnect``); frames are decoded and encoded here.
+    """
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.request: UserRequest = exchange.request
+        self.codec = FrameCodec(client=False)
+        self._events: list[Message] = []
         self.responded = False  # a denial or close went out: the handshake is answered
-        self.closed = False  # we sent websocket.close: nothing may follow
-        self.gone = False  # the user's disconnect arrived
+        self.accepted = False
+        self.closed = False  # we sent a close frame: no message may follow
+        self.gone = False  # the user's close or disconnect arrived
 
-    async def connect(self) -> None:
-        message = await self.receive()
-        if message["type"] != "websocket.connect":
-            raise ClientGone()
+    async def wait_gone(self) -> None:
+        """Before the accept only a disconnect can come from the user."""
+        await self.exchange.wait_gone()
+        self.gone = True
 
     async def receive(self) -> Message:
-        message = await self._receive()
-        if message["type"] == "websocket.disconnect":
+        while not self._events:
+            if self.gone:
+                return {"type": "websocket.disconnect", "code": ABNORMAL_CLOSURE}
+            try:
+                data, more = await self.exchange.receive()
+            except ClientGoneError:
+                data, more = b"", False
+            if not data and not more:
+                self.gone = True
+                return {"type": "websocket.disconnect", "code": ABNORMAL_CLOSURE}
+            for event in self.codec.feed(data):
+                if isinstance(event, WSMessage):
+                    if isinstance(event.data, str):
+                        self._events.append({"type": "websocket.receive", "text": event.data})
+                    else:
+                        self._events.append({"type": "websocket.receive", "bytes": event.data})
+                else:
+                    self.gone = True
+                    self.closed = True
+                    self._events.append(
+                        {"type": "websocket.disconnect", "code": event.code, "reason": event.reason}
+                    )
+            answer = self.codec.data_to_send()  # pongs, the answer to the user's close
+            if answer:
+                await self._write(answer)
+        return self._events.pop(0)
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.exchange.send(data)
+        except ClientGoneError:
             self.gone = True
-        return message
 
     async def accept(self, subprotocol: str | None, headers: Headers) -> None:
-        self.responded = True
-        await self._send(
-            {"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers}
-        )
+        self.responded = self.accepted = True
+        await self.exchange.accept_websocket(subprotocol, headers)
 
     async def send_message(self, data: str | bytes) -> None:
         if self.closed or self.gone:
-            return  # hypercorn refuses sends after a close; the user would not see them anyway
-        if isinstance(data, str):
-            await self._send({"type": "websocket.send", "text": data})
-        else:
-            await self._send({"type": "websocket.send", "bytes": data})
+            return  # the user would not see it anyway
+        await self._write(self.codec.send_message(data))
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed or self.gone:
             return
         self.closed = self.responded = True
-        await self._send({"type": "websocket.close", "code": code, "reason": reason or None})
+        await self._write(self.codec.send_close(code, reason))
+
+    async def finish(self) -> None:
+        """The session is over: end the user's stream (HTTP/2; HTTP/1.1 closes the socket)."""
+        if self.accepted and not self.gone:
+            try:
+                await self.exchange.send(b"", end=True)
+            except ClientGoneError:
+                pass
 
     async def deny_start(self, status: int, headers: Headers) -> None:
-        """Start a denial response; without the ASGI extension hypercorn can only send 403."""
         if self.responded:
             return
-        if not self.can_respond:
-            await self.close(1008)
-            return
         self.responded = True
-        await self._send(
-            {"type": "websocket.http.response.start", "status": status, "headers": headers}
-        )
+        await self.exchange.start(status, headers)
+        await self.exchange.flush()
 
     async def deny_body(self, body: bytes, *, more: bool) -> None:
-        if self.can_respond and not self.closed:
-            await self._send(
-                {"type": "websocket.http.response.body", "body": body, "more_body": more}
-            )
+        await self.exchange.send(body, end=not more)
 
     async def deny_error(self, error: ProxyError) -> None:
         if self.responded:
@@ -147,28 +177,31 @@ class _User:
         await self.deny_body(body, more=False)
 
 
-async def forward_websocket(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
+async def forward_websocket(ctx: ProxyContext, exchange: Exchange) -> None:
     """Proxy one WebSocket session; failures before the accept become denial statuses."""
     started = time.monotonic()
     outcome = _Outcome()
-    user = _User(scope, receive, send)
-    host, path = request_target(scope)
+    user = _User(exchange)
+    request = exchange.request
+    host = request.host
+    path = request.target
     try:
-        await user.connect()
-        with ctx.admitted(scope):
+        with ctx.admitted(request.client[0]):
             await _forward(ctx, user, host, path, outcome)
-    except ClientGone:
+    except (ClientGone, ClientGoneError):
         outcome.status = outcome.status or 499
     except ProxyError as error:
         if not user.responded:
             outcome.status = error.status
-        await user.deny_error(error)
+        try:
+            await user.deny_error(error)
+        except ClientGoneError:
+            pass
     finally:
         if ctx.config.access_log:
-            client = scope.get("client")
             log.info(
                 "%s WEBSOCKET %s %s %d %d/%d close=%s %.1fms tunnel=%s",
-                client[0] if client else "-",
+                request.client[0],
                 host or "-",
                 path.decode("latin-1"),
                 outcome.status,
@@ -180,22 +213,26 @@ async def forward_websocket(ctx: ProxyContext, scope: Scope, receive: Receive, s
             )
 
 
-def _tunnel_request(ctx: ProxyContext, scope: Scope, path: bytes) -> Headers:
+def _tunnel_request(ctx: ProxyContext, request: UserRequest, host: str) -> Headers:
     """The extended CONNECT block (RFC 8441 §4): the user's fields minus their hop's handshake."""
-    fields = [(n, v) for n, v in scope["headers"] if n.lower() not in _USER_HOP_ONLY]
+    fields = [(n, v) for n, v in request.headers if n.lower() not in _USER_HOP_ONLY]
     if not any(n.lower() == b"sec-websocket-version" for n, _ in fields):
         fields.append((b"sec-websocket-version", b"13"))  # RFC 8441 §5 keeps the version field
-    client_addr = client_host(scope)
+    client_addr = request.client[0]
     try:
         return to_tunnel_request(
             method=b"CONNECT",
-            path=path,
+            path=request.target,
             # RFC 8441 §5: :scheme is that of the target URI, http or https.
-            scheme=b"https" if scope.get("scheme") in ("wss", "https") else b"http",
+            scheme=request.scheme,
             headers=fields,
             client_addr=client_addr,
             trusted_proxy=client_addr in ctx.trusted_proxies,
             protocol=b"websocket",
+            authority=request.authority,
+            forwarded_element=forwarded_element(
+                request, request.authority or host.encode("latin-1")
+            ),
         )
     except HeaderError as exc:
         raise bad_request(str(exc)) from None
@@ -205,7 +242,7 @@ async def _forward(
     ctx: ProxyContext, user: _User, host: str, path: bytes, outcome: _Outcome
 ) -> None:
     service, prefix = ctx.route(host, path)
-    headers = _tunnel_request(ctx, user.scope, path)
+    headers = _tunnel_request(ctx, user.request, host)
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
         tunnel = await ctx.registry.acquire(service, exclude=tried)
@@ -247,10 +284,14 @@ async def _converse(cfg: RouterConfig, stream: Stream, user: _User, outcome: _Ou
         outcome.status = status
         await _relay_denial(cfg, stream, status, fields, user, outcome)
         return
-    subprotocol, extra = _accept_fields(fields, user.scope)
+    subprotocol, extra = _accept_fields(fields, user.request)
     await user.accept(subprotocol, extra)
     outcome.status = 101
-    await _Pump(stream, user, outcome).run()
+    try:
+        await _Pump(stream, user, outcome).run()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await user.finish()
 
 
 async def _wait_response(cfg: RouterConfig, stream: Stream, user: _User) -> Headers:
@@ -259,8 +300,7 @@ async def _wait_response(cfg: RouterConfig, stream: Stream, user: _User) -> Head
     async with trio.open_nursery() as nursery:
 
         async def watch_user() -> None:
-            while not user.gone:
-                await user.receive()  # before the accept only a disconnect can arrive
+            await user.wait_gone()
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch_user)
@@ -274,7 +314,7 @@ async def _wait_response(cfg: RouterConfig, stream: Stream, user: _User) -> Head
     return response
 
 
-def _accept_fields(fields: Headers, scope: Scope) -> tuple[str | None, Headers]:
+def _accept_fields(fields: Headers, request: UserRequest) -> tuple[str | None, Headers]:
     """The subprotocol the backend chose (RFC 6455 §4.2.2) and the fields to pass on."""
     subprotocol: str | None = None
     extra: Headers = []
@@ -283,7 +323,7 @@ def _accept_fields(fields: Headers, scope: Scope) -> tuple[str | None, Headers]:
             subprotocol = value.decode("latin-1").strip()
         elif not name.startswith(b"sec-websocket-") and name != b"content-length":
             extra.append((name, value))
-    if subprotocol is not None and subprotocol not in scope.get("subprotocols", []):
+    if subprotocol is not None and subprotocol not in request.subprotocols:
         raise BadGateway(f"backend chose subprotocol {subprotocol!r}, which the user did not offer")
     return subprotocol, extra
 

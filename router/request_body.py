@@ -1,8 +1,9 @@
 """The request body on its way from the user into a tunnel stream.
 
-It is read from ASGI ``receive`` only as fast as the stream takes it, under a size limit (413) and
-an idle timeout (408). While it is small a copy is kept, so a stream the backend refused
-(RFC 9113 §8.7) can be replayed on another tunnel.
+It is read from the user's :class:`~router.frontend.exchange.Exchange` only as fast as the stream
+takes it, under a size limit (413), an idle timeout and a minimum rate (408). While it is small a
+copy is kept, so a stream the backend refused (RFC 9113 §8.7) can be replayed on another tunnel.
+Request trailers are forwarded as trailers.
 """
 
 from __future__ import annotations
@@ -13,28 +14,50 @@ import trio
 
 from ptth.driver import Stream
 from ptth.errors import BodyTooLarge, RequestTimeout, TunnelError
-from ptth.types import Message, Receive
+from ptth.proto.headers import clean_trailers
 
+from .frontend.exchange import Exchange
+from .frontend.http1 import ClientGoneError
 from .proxy_common import ClientGone
 
 __all__ = ["REPLAY_LIMIT", "RequestBody", "pump_request", "watch_disconnect", "watch_until_stream"]
 
 REPLAY_LIMIT = 64 * 1024  # body bytes kept so a refused stream can be replayed elsewhere
+RATE_GRACE = 10.0  # seconds of body before the minimum rate applies
 
 
 class RequestBody:
-    """The request body as read from ASGI ``receive``; keeps a replay copy while it is small."""
+    """The request body as read from the exchange; keeps a replay copy while it is small."""
 
-    def __init__(self, receive: Receive, limit: int, idle_timeout: float) -> None:
-        self._receive = receive
+    def __init__(
+        self, exchange: Exchange, limit: int, idle_timeout: float, min_rate: float = 0.0
+    ) -> None:
+        self._exchange = exchange
         self.limit = limit
         self.idle_timeout = idle_timeout
+        self.min_rate = min_rate
         self.replay: list[bytes] | None = []
         self.replay_size = 0
         self.total = 0
-        self.complete = False
+        self.complete = not exchange.request.has_body
         self.disconnected = False
-        self.messages = 0  # ASGI messages taken from receive
+        self.messages = 0  # pieces taken from the exchange
+        self._started: float | None = None
+
+    @property
+    def trailers(self) -> list[tuple[bytes, bytes]] | None:
+        return self._exchange.trailers
+
+    def _deadline(self, now: float) -> float:
+        """Silence for the idle timeout, or a body slower than the minimum rate: 408."""
+        deadline = now + self.idle_timeout
+        if self.min_rate > 0:
+            started = self._started if self._started is not None else now
+            # The moment the average rate would drop under min_rate if nothing more arrived.
+            deadline = min(
+                deadline, max(started + RATE_GRACE, started + self.total / self.min_rate)
+            )
+        return deadline
 
     async def next_chunk(self, *, keep: bool = False) -> bytes | None:
         """The next body chunk, or None at the end; raises ClientGone on disconnect.
@@ -43,30 +66,36 @@ class RequestBody:
         """
         if self.complete:
             return None
-        # A body that stalls (slowloris/RUDY, ARCHITECTURE.md, attack 12) must not pin a stream.
-        with trio.move_on_after(self.idle_timeout):
-            message: Message = await self._receive()
-            return self._take(message, keep=keep)
+        now = trio.current_time()
+        if self._started is None:
+            self._started = now
+        # A body that stalls or drips (slowloris/RUDY, ARCHITECTURE.md, attack 12) must not pin
+        # a stream.
+        with trio.move_on_at(self._deadline(now)):
+            try:
+                chunk, more = await self._exchange.receive()
+            except ClientGoneError:
+                self.disconnected = True
+                raise ClientGone() from None
+            return self._take(chunk, more, keep=keep)
+        if self.min_rate > 0 and trio.current_time() < now + self.idle_timeout:
+            raise RequestTimeout(f"request body slower than {self.min_rate:g} bytes/s")
         raise RequestTimeout(f"request body stalled for {self.idle_timeout:g} s")
 
     async def read_ahead(self) -> None:
-        """Take the first message before any stream exists (the pump sends it first).
+        """Take the first piece before any stream exists (the pump sends it first).
 
         A user who reset the request or left meanwhile is noticed here (ClientGone).
         """
-        if self.messages == 0:
+        if self.messages == 0 and not self.complete:
             await self.next_chunk(keep=True)
 
-    def _take(self, message: Message, *, keep: bool = False) -> bytes | None:
+    def _take(self, chunk: bytes, more: bool, *, keep: bool = False) -> bytes | None:
         self.messages += 1
-        if message["type"] == "http.disconnect":
-            self.disconnected = True
-            raise ClientGone()
-        chunk = bytes(message.get("body", b""))
         self.total += len(chunk)
         if self.limit and self.total > self.limit:
             raise BodyTooLarge(f"request body over {self.limit} bytes")
-        if not message.get("more_body", False):
+        if not more:
             self.complete = True
         if self.replay is not None:
             self.replay.append(chunk)
@@ -76,11 +105,8 @@ class RequestBody:
         return chunk
 
     async def wait_disconnect(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                return
+        await self._exchange.wait_gone()
+        self.disconnected = True
 
 
 async def watch_until_stream(body: RequestBody, scope: trio.CancelScope) -> None:
@@ -88,8 +114,8 @@ async def watch_until_stream(body: RequestBody, scope: trio.CancelScope) -> None
     completes the body, cancel ``scope`` as soon as the user leaves.
 
     So a request the user reset at once (Rapid Reset, ARCHITECTURE.md, attack 1: HEADERS then
-    RST_STREAM, which hypercorn only reports as ``http.disconnect``) gives up its place in the
-    queue instead of taking a tunnel slot and reaching the backend.
+    RST_STREAM) gives up its place in the queue instead of taking a tunnel slot and reaching the
+    backend.
     """
     await body.read_ahead()
     if body.complete:
@@ -116,9 +142,10 @@ async def pump_request(
         if body.replay:
             chunks = list(body.replay)
             for i, chunk in enumerate(chunks):
-                last = body.complete and i == len(chunks) - 1
+                last = body.complete and i == len(chunks) - 1 and not body.trailers
                 await stream.send_data(chunk, end_stream=last)
             if body.complete:
+                await _finish(body, stream)
                 sent()
                 await body.wait_disconnect()
                 scope.cancel()
@@ -127,10 +154,10 @@ async def pump_request(
             next_chunk = await body.next_chunk()
             if next_chunk is None:
                 break
-            await stream.send_data(next_chunk, end_stream=body.complete)
+            await stream.send_data(next_chunk, end_stream=body.complete and not body.trailers)
             if body.complete:
                 break
-        await stream.end()
+        await _finish(body, stream)
         sent()
         await body.wait_disconnect()
     except ClientGone:
@@ -138,3 +165,12 @@ async def pump_request(
     except TunnelError:
         return  # the response side reports the stream's failure
     scope.cancel()
+
+
+async def _finish(body: RequestBody, stream: Stream) -> None:
+    """End the request: with its trailers (cleaned as response trailers are), else END_STREAM."""
+    trailers = clean_trailers(body.trailers) if body.trailers else []
+    if trailers:
+        await stream.send_trailers(trailers)
+    else:
+        await stream.end()

@@ -390,6 +390,16 @@ class Engine:
 
     # -- commands ----------------------------------------------------------------------------
 
+    def accept_upgrade(self, settings_header: bytes, headers: Headers) -> None:
+        """Server side of an ``Upgrade: h2c`` (RFC 7540 §3.2): the HTTP/1.1 request, already
+        complete, becomes stream 1; ``settings_header`` is its HTTP2-Settings value."""
+        self._conn.initiate_upgrade_connection(settings_header)
+        state = StreamState(1, self.settings.stream_window)
+        state.headers = list(headers)
+        state.received_end = True
+        self._add(state)
+        self._events.append(StreamOpened(state))
+
     def open_stream(self, headers: Headers, *, end_stream: bool = False) -> StreamState:
         """Client role: start a request. Raises :class:`TunnelClosed` if draining or closed."""
         if self.draining:

@@ -60,8 +60,11 @@ _FORWARDING = frozenset(
         b"x-forwarded-host",
         b"x-forwarded-prefix",
         b"forwarded",
+        b"x-real-ip",
     }
 )
+# Credentials meant for a proxy in front of the router, never for the backend (RFC 9110 §11.7.2).
+_NEVER_FORWARDED = frozenset({b"proxy-authorization", b"proxy-authenticate"})
 # RFC 9110 §6.5.1: framing and routing fields cannot be trailers; TE is a request-header only.
 _TRAILER_FORBIDDEN = frozenset(
     {b"content-length", b"transfer-encoding", b"host", b"trailer", b"te"}
@@ -96,6 +99,8 @@ def to_tunnel_request(
     client_addr: str | None,
     trusted_proxy: bool = False,
     protocol: bytes | None = None,
+    authority: bytes | None = None,
+    forwarded_element: bytes | None = None,
 ) -> Headers:
     """Build the HTTP/2 request block the router sends into the tunnel.
 
@@ -107,6 +112,12 @@ def to_tunnel_request(
     appended to the incoming X-Forwarded-For and incoming X-Forwarded-Proto/-Host/-Prefix are
     kept. (X-Forwarded-Prefix is the router's only for a tunnel that strips its prefix: see
     :func:`strip_path_prefix`.)
+
+    ``authority`` (an absolute-form target's, RFC 9112 §3.2.2) wins over Host. Fields whose
+    names hold an underscore are dropped (nginx's default): ``x_forwarded_for`` must not pass
+    beside the router's own ``x-forwarded-for`` to a framework that folds ``_`` into ``-``.
+    ``forwarded_element`` is the router's RFC 7239 element for this hop; it replaces the user's
+    Forwarded (and is appended to a trusted proxy's).
     """
     validate_method(method)
     scheme = scheme.lower()
@@ -123,7 +134,10 @@ def to_tunnel_request(
     if has_te and lengths:
         raise HeaderError("both content-length and transfer-encoding (request smuggling)")
     content_length(lengths)
-    authority = single_host([value for name, value in lowered if name == b"host"])
+    if authority is not None:
+        validate_authority(authority, ":authority")
+    else:
+        authority = single_host([value for name, value in lowered if name == b"host"])
 
     addr: bytes | None = None
     if client_addr is not None:
@@ -133,8 +147,12 @@ def to_tunnel_request(
             raise HeaderError(f"invalid client address {client_addr[:64]!r}") from None
         validate_value(b"x-forwarded-for", addr)
 
-    dropped = {b"host", b"x-forwarded-for"} if trusted_proxy else {b"host"} | _FORWARDING
-    regular = [(n, v) for n, v in collapse_content_length(fields) if n not in dropped]
+    dropped = (
+        {b"host", b"x-forwarded-for", b"forwarded"} if trusted_proxy else {b"host"} | _FORWARDING
+    ) | _NEVER_FORWARDED
+    regular = [
+        (n, v) for n, v in collapse_content_length(fields) if n not in dropped and b"_" not in n
+    ]
     present = {name for name, _ in regular}
     forwarded: Headers = []
     chain = [v for n, v in fields if n == b"x-forwarded-for" and v] if trusted_proxy else []
@@ -146,6 +164,9 @@ def to_tunnel_request(
         forwarded.append((b"x-forwarded-proto", scheme))
     if b"x-forwarded-host" not in present:
         forwarded.append((b"x-forwarded-host", authority))
+    if forwarded_element is not None:
+        outer = [v for n, v in fields if n == b"forwarded" and v] if trusted_proxy else []
+        forwarded.append((b"forwarded", b", ".join([*outer, forwarded_element])))
 
     pseudo: Headers = [
         (b":method", method),

@@ -634,6 +634,7 @@ def make_scope_app() -> ASGIApp:
             "http_version": scope["http_version"],
             "scheme": scope["scheme"],
             "client": scope["client"],
+            "server": scope["server"],
             "root_path": scope["root_path"],
             "body": body.decode("latin-1"),
         }
@@ -677,9 +678,11 @@ async def test_scope_seen_by_the_app(http2: bool, helper_loop: str) -> None:
             assert header_values(seen, "x-test") == ["yes"]
             assert header_values(seen, "x-forwarded-proto") == ["http"]
             assert header_values(seen, "x-forwarded-host") == [authority]
-            assert seen["http_version"] == "2"  # the hop the app is served on is HTTP/2
+            # The user's hop, from the router's Forwarded element: version, client port, server.
+            assert seen["http_version"] == ("2" if http2 else "1.1")
             assert seen["scheme"] == "http"
-            assert seen["client"][0] == "127.0.0.1"
+            assert seen["client"][0] == "127.0.0.1" and seen["client"][1] > 0
+            assert seen["server"] == list(router.addresses.http)
             assert seen["root_path"] == ""
 
             response = await client.put("/put", content=b"payload")

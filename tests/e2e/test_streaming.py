@@ -134,7 +134,7 @@ async def test_ten_mib_upload_is_hashed_while_streaming(helper_loop: str) -> Non
             yield deterministic_chunk(index, length)
 
     async with trio.open_nursery() as nursery:
-        router = await start_router(nursery, max_body=64 * MiB)
+        router = await start_router(nursery, max_body_size=64 * MiB)
         backend = await start_backend(nursery, make_app(), router.tunnel, loop=helper_loop)
         await router.wait_tunnels(1)
         for http2 in (False, True):

@@ -275,10 +275,10 @@ async def test_rapid_reset_never_piles_up_backend_streams(with_body: bool) -> No
 
 @pytest.mark.timeout(60)
 async def test_slowloris_is_closed_at_the_header_deadline() -> None:
-    deadline = 3.0  # read_timeout -> hypercorn keep_alive_timeout: the header deadline
+    deadline = 3.0  # header_timeout: the header deadline
     drippers = 100
     async with trio.open_nursery() as nursery:
-        router = await start_router(nursery, read_timeout=deadline)
+        router = await start_router(nursery, header_timeout=deadline)
         await start_backend(nursery, AttackedApp(), router.tunnel)
         await router.wait_tunnels(1)
         closed_after: list[float] = []

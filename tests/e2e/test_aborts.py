@@ -1,13 +1,9 @@
-"""A response the ASGI app abandons mid-body must reach the user as *aborted*, never as a short
-body that looks complete.
+"""A response the app abandons mid-body must reach the user as *aborted*, never as a short body
+that looks complete: through the router's native front end, with the app served by the helper.
 
-Real hypercorn (trio worker) on 127.0.0.1 port 0, in-process, with
-``router._hypercorn_patches.install()`` applied:
-
-* HTTP/1.1: hypercorn closes the connection before the declared Content-Length / before the
-  terminating zero-length chunk (stock behaviour, pinned here).
-* HTTP/2 (h2c prior knowledge): the stream is reset with INTERNAL_ERROR (stock hypercorn never
-  ends nor resets it, so the client hangs; this is what the patch fixes), normal responses are
+* HTTP/1.1: the front end closes the connection before the declared Content-Length / before the
+  terminating zero-length chunk.
+* HTTP/2 (h2c prior knowledge): the stream is reset with INTERNAL_ERROR, normal responses are
   never reset, and a client's RST_STREAM reaches the app as ``http.disconnect``.
 """
 
@@ -22,13 +18,10 @@ import h2.connection
 import h2.errors
 import h2.events
 import httpx
-import hypercorn.protocol
 import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
-from router import _hypercorn_patches
+from tests.support import start_backend, start_router
 
 SENT = b"x" * 50
 OK_SIZES = {"/ok/0": 0, "/ok/1": 1, "/ok/16k": 16384, "/ok/100k": 100_000}
@@ -68,24 +61,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @asynccontextmanager
 async def serving() -> AsyncIterator[int]:
-    _hypercorn_patches.install()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.graceful_timeout = 1
-    shutdown = trio.Event()
+    """A router and one backend serving ``app``; yields the router's front-end port."""
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve(
-                app,  # type: ignore[arg-type]
-                config,
-                shutdown_trigger=shutdown.wait,
-                task_status=task_status,
-            )
-        )
+        router = await start_router(nursery)
+        await start_backend(nursery, app, router.tunnel)
+        await router.wait_tunnels(1)
         try:
-            yield int(binds[0].rsplit(":", 1)[1])  # ["http://127.0.0.1:PORT"]
+            yield router.addresses.http[1]
         finally:
-            shutdown.set()
+            nursery.cancel_scope.cancel()
 
 
 async def read_until_eof(stream: trio.SocketStream, seconds: float = 5) -> bytes:
@@ -94,16 +78,6 @@ async def read_until_eof(stream: trio.SocketStream, seconds: float = 5) -> bytes
         while chunk := await stream.receive_some(65536):
             data += chunk
     return data
-
-
-# --- patch ------------------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(20)
-def test_install_is_idempotent() -> None:
-    _hypercorn_patches.install()
-    _hypercorn_patches.install()
-    assert hypercorn.protocol.H2Protocol is _hypercorn_patches.AbortingH2Protocol  # type: ignore[attr-defined]
 
 
 # --- HTTP/1.1 ---------------------------------------------------------------------------------
