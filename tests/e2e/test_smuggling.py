@@ -76,17 +76,19 @@ class Recorder:
             return
         self.started.append((scope["method"], scope["path"]))
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
-        body, complete = b"", False
+        # Recorded at once and filled in as the body arrives: a failing row shows what the
+        # backend received so far, even when the request never completes.
+        seen = Seen(scope["method"], scope["path"], headers, b"", complete=False)
+        self.seen.append(seen)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 break
-            body += bytes(message.get("body", b""))
+            seen.body += bytes(message.get("body", b""))
             if not message.get("more_body", False):
-                complete = True
+                seen.complete = True
                 break
-        self.seen.append(Seen(scope["method"], scope["path"], headers, body, complete))
-        if not complete:
+        if not seen.complete:
             # The stream is gone; this only spares a warning that the app sent nothing.
             await send({"type": "http.response.start", "status": 499, "headers": []})
             return
