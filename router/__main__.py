@@ -27,10 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    router = Router(config)
+    try:
+        router = Router(config)
+    except PTTHError as exc:  # e.g. a TLS certificate that cannot be read
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with trio.open_signal_receiver(*wanted) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def serve() -> None:
@@ -38,16 +43,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(serve)
-                async for _ in signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        router.reload()
+                        continue
                     router.shutdown()
                     break
                 await trio.sleep_forever()
 
     try:
         trio.run(run)
-    except OSError as exc:
-        print(f"router: {exc}", file=sys.stderr)
-        return 1
+    except (OSError, BaseExceptionGroup) as exc:
+        # Port in use, address not available: one line, no traceback (a traceback is a bug).
+        error: BaseException = exc
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        if not isinstance(error, OSError):
+            raise
+        print(f"router: cannot listen: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

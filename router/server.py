@@ -119,10 +119,28 @@ class Router:
                     async with tunnels:
                         await tunnels.serve(self.listener.handle)
 
+            connections = trio.CancelScope()
+
+            async def accept(listener: anyio.abc.SocketListener, group: trio.Nursery) -> None:
+                while True:
+                    try:
+                        sock = await listener.accept()
+                    except OSError as exc:  # EMFILE and the like: wait, never die
+                        log.warning("front end: accept failed: %s", exc)
+                        await trio.sleep(0.1)
+                        continue
+                    group.start_soon(self.front.handle, sock)
+
             async def run_front() -> None:
-                with front_scope:
-                    async with front:
-                        await front.serve(self.front.handle)
+                # Connections live in their own nursery so that the drain can close the
+                # listening sockets (new users are refused) while requests finish.
+                with connections:
+                    async with trio.open_nursery() as group:
+                        with front_scope:
+                            async with front, trio.open_nursery() as accepting:
+                                for listener in front.listeners:
+                                    assert isinstance(listener, anyio.abc.SocketListener)
+                                    accepting.start_soon(accept, listener, group)
 
             nursery.start_soon(run_tunnel_port)
             nursery.start_soon(run_front)
@@ -141,9 +159,10 @@ class Router:
             # tunnels must outlive those requests, then get drained themselves.
             self.listener.draining = True
             self.front.drain()
+            front_scope.cancel()
             with trio.move_on_after(self.config.drain_timeout):
                 await self.front.wait_closed()
-            front_scope.cancel()
+            connections.cancel()
             with trio.move_on_after(self.config.drain_timeout):
                 await self.listener.drain()
             tunnel_scope.cancel()

@@ -117,3 +117,57 @@ def websocket_key(headers: Headers) -> bytes:
     if versions != [b"13"]:
         raise HeadError(426, "unsupported Sec-WebSocket-Version (13 is spoken)")
     return keys[0]
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+MAX_CHUNK_DIGITS = 16  # 2^64 - 1 at most: a longer size is an overflow attack, not a body
+
+
+class ChunkScanner:
+    """Follow a chunked body's framing over the raw bytes, ahead of h11, and refuse chunk
+    sizes h11 would take: more than 16 hex digits, or whitespace around the size (RFC 9112
+    §7.1 has none; h11 tolerates trailing whitespace). Stops at the end of the trailer section;
+    bytes after it belong to the next request."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()
+        self._skip = 0  # chunk data (and its CRLF) still to pass over
+        self._trailers = False
+        self.done = False
+
+    def feed(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        i = 0
+        while i < len(view) and not self.done:
+            if self._skip:
+                step = min(self._skip, len(view) - i)
+                self._skip -= step
+                i += step
+                continue
+            end = bytes(view[i:]).find(b"\n")
+            if end < 0:
+                self._line += view[i:]
+                if len(self._line) > 4096:
+                    raise HeadError(400, "chunk header line too long")
+                return
+            self._line += view[i : i + end + 1]
+            i += end + 1
+            self._line_done(bytes(self._line))
+            self._line.clear()
+
+    def _line_done(self, line: bytes) -> None:
+        if not line.endswith(b"\r\n"):
+            raise HeadError(400, "bare LF in a chunked body")
+        line = line[:-2]
+        if self._trailers:
+            if not line:
+                self.done = True
+            return
+        size, _, _ext = line.partition(b";")
+        if not size or not _HEX.issuperset(size) or len(size) > MAX_CHUNK_DIGITS:
+            raise HeadError(400, f"invalid chunk size {size[:32]!r}")
+        length = int(size, 16)
+        if length == 0:
+            self._trailers = True
+        else:
+            self._skip = length + 2

@@ -13,6 +13,7 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from typing import NoReturn
 
 import anyio
 import anyio.abc
@@ -23,7 +24,15 @@ from ptth.driver import linger_close
 from ptth.proto.fields import Headers
 
 from .exchange import Exchange, UserRequest
-from .h1_rules import HeadError, reason, scan_head, split_target, websocket_accept, websocket_key
+from .h1_rules import (
+    ChunkScanner,
+    HeadError,
+    reason,
+    scan_head,
+    split_target,
+    websocket_accept,
+    websocket_key,
+)
 from .limits import FrontLimits
 
 __all__ = ["H1Connection", "ClientGoneError"]
@@ -128,6 +137,9 @@ class H1Connection:
                 await exchange.switch_to_h2c()
                 return
             await self._handle(exchange)
+            if exchange.bad_body is not None and not exchange.response_started:
+                await self._refuse(400, f"malformed request body: {exchange.bad_body}")
+                return
             if not exchange.reusable():
                 if exchange.aborted or exchange.broken:
                     return
@@ -234,20 +246,25 @@ class H1Exchange(Exchange):
         self._websocket_key: bytes | None = None
         self._switched = False
         self._raw = b""  # bytes after a switch of protocols, before the next read
+        self._chunks: ChunkScanner | None = None
+        self.bad_body: str | None = None  # the body's framing broke before any response
 
     # -- the request -------------------------------------------------------------------------
 
     def parse(self, head_size: int) -> None:
         owner = self.owner
         conn = self.conn
-        conn.receive_data(bytes(owner.pending))
+        data = bytes(owner.pending)
         owner.pending = bytearray()
+        conn.receive_data(data)
         event = conn.next_event()
         if not isinstance(event, h11.Request):
             raise HeadError(400, "malformed request head")
         headers: Headers = list(event.headers)
         method = event.method
         version = event.http_version.decode("ascii")
+        if method == b"CONNECT":
+            raise HeadError(405, "CONNECT is not supported: this is not a forward proxy")
         if version not in ("1.0", "1.1"):
             raise HeadError(505, f"HTTP/{version} is not spoken here")
         authority, target = split_target(event.target, method)
@@ -276,10 +293,11 @@ class H1Exchange(Exchange):
             raise HeadError(400, "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
         if connection_tokens & _FRAMING_NOMINEES:
             raise HeadError(400, "Connection may not nominate framing fields")
-        if method == b"CONNECT":
-            raise HeadError(405, "CONNECT is not supported: this is not a forward proxy")
         if version == "1.0":
             self._wants_trailers = False
+        if te:
+            self._chunks = ChunkScanner()
+            self._chunks.feed(data[head_size:])
         protocol: bytes | None = None
         if b"upgrade" in connection_tokens and upgrade == b"websocket":
             if method != b"GET":
@@ -363,9 +381,7 @@ class H1Exchange(Exchange):
                 try:
                     event = self._next_body_event()
                 except h11.RemoteProtocolError as exc:
-                    log.info("front end: %s broke the body framing: %s", self.owner.peer, exc)
-                    self.broken = True
-                    raise ClientGoneError() from None
+                    self._framing_broken(str(exc))
             if event is None:
                 if conn.client_is_waiting_for_100_continue:
                     await self.write(
@@ -374,6 +390,11 @@ class H1Exchange(Exchange):
                 data = await self.owner._recv()
                 if not data and self.owner.eof:
                     self.gone = True
+                if self._chunks is not None and not self._chunks.done:
+                    try:
+                        self._chunks.feed(data)
+                    except HeadError as exc:
+                        self._framing_broken(str(exc))
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.EndOfMessage):
@@ -393,6 +414,13 @@ class H1Exchange(Exchange):
                 return chunk, False
             self._lookahead = after
             return chunk, True
+
+    def _framing_broken(self, why: str) -> NoReturn:
+        log.info("front end: %s broke the body framing: %s", self.owner.peer, why)
+        self.broken = True
+        if not self.gone:
+            self.bad_body = why
+        raise ClientGoneError()
 
     def _next_body_event(self) -> h11.Data | h11.EndOfMessage | None:
         event = self.conn.next_event()

@@ -17,7 +17,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from ptth.driver import Connection, Stream
-from ptth.engine import Liveness, Settings
+from ptth.engine import BudgetLimits, Liveness, Settings
 from ptth.errors import TunnelError
 from ptth.proto.fields import Headers
 
@@ -30,6 +30,11 @@ __all__ = ["H2Exchange", "serve_h2"]
 log = logging.getLogger("router.frontend")
 
 Handler = Callable[[Exchange], Awaitable[None]]
+
+
+# A user who cancels streams is normal (a browser leaving a page), a thousand every ten seconds
+# is not: that is the Rapid Reset pattern (CVE-2023-44487), closed with ENHANCE_YOUR_CALM.
+USER_BUDGETS = BudgetLimits(resets_per_window=1000)
 
 
 def _settings(limits: FrontLimits) -> Settings:
@@ -59,13 +64,29 @@ async def serve_h2(
     ``upgraded``: the HTTP/1.1 request that asked for ``Upgrade: h2c`` and its HTTP2-Settings;
     it becomes stream 1 (RFC 7540 §3.2)."""
     served = 0
+    busy = 0
     limit_reached = trio.Event()
 
     async def on_stream(stream: Stream) -> None:
-        nonlocal served
+        nonlocal served, busy
         served += 1
         if served >= limits.max_requests_per_connection:
             limit_reached.set()
+        if stream.error is not None:
+            return  # reset in the same read it was opened in (Rapid Reset): no work at all
+        if busy >= 2 * limits.max_concurrent_streams:
+            # ARCHITECTURE.md, attack 1: a stream reset by the client leaves the engine's table
+            # at once, but its handler may still be finishing; count handlers too, so reset
+            # streams cannot pile up work behind the concurrency limit.
+            await stream.reset(ErrorCodes.REFUSED_STREAM)
+            return
+        busy += 1
+        try:
+            await _serve_stream(stream)
+        finally:
+            busy -= 1
+
+    async def _serve_stream(stream: Stream) -> None:
         try:
             exchange = H2Exchange(
                 stream,
@@ -92,6 +113,7 @@ async def serve_h2(
             write_timeout=limits.write_timeout,
         ),
         on_stream=on_stream,
+        limits=USER_BUDGETS,
         initial_data=initial,
         upgrade=None if upgraded is None else (upgraded[1], _upgrade_block(upgraded[0])),
     )
