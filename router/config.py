@@ -43,7 +43,7 @@ class RouterConfig:
     write_timeout: float = 60.0
     max_requests_per_connection: int = 10_000
     max_connections: int = 10_000
-    max_connections_per_client: int = 256
+    max_connections_per_client: int = 2500  # a quarter of max_connections
     max_in_flight_per_client: int = 1000  # 0 = no per-address cap
     max_header_fields: int = 100
     max_header_size: int = 64 * 1024

@@ -148,7 +148,9 @@ def to_tunnel_request(
         validate_value(b"x-forwarded-for", addr)
 
     dropped = (
-        {b"host", b"x-forwarded-for", b"forwarded"} if trusted_proxy else {b"host"} | _FORWARDING
+        {b"host", b"x-forwarded-for"} | ({b"forwarded"} if forwarded_element else set())
+        if trusted_proxy
+        else {b"host"} | _FORWARDING
     ) | _NEVER_FORWARDED
     regular = [
         (n, v) for n, v in collapse_content_length(fields) if n not in dropped and b"_" not in n

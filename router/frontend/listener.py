@@ -56,7 +56,7 @@ class FrontEnd:
         tls: TLSFiles | None = None,
         h2c_upgrade: bool = False,
         max_connections: int = 10_000,
-        max_connections_per_client: int = 256,
+        max_connections_per_client: int = 2500,
         drain_timeout: float = 30.0,
     ) -> None:
         self.handler = handler
