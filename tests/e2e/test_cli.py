@@ -289,6 +289,44 @@ def test_router_cli_reports_a_bad_config_and_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in out
 
 
+@pytest.mark.timeout(60)
+def test_router_cli_port_in_use_is_one_line_and_exit_2() -> None:
+    """A person reads one line naming the problem, never an ExceptionGroup traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out = run_to_end(
+            "-m", "router", "--http", f"127.0.0.1:{port}", "--tunnel", "127.0.0.1:0"
+        )
+    assert code == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    assert "cannot listen" in lines[0] and "in use" in lines[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--max-connections", "lots"], "max_connections"),
+        (["--h2c-upgrade", "maybe"], "h2c_upgrade"),
+        (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"], "/nonexistent.pem"),
+        (["--tls-cert", "/nonexistent.pem"], "tls_key"),
+    ],
+)
+def test_router_cli_malformed_front_end_flags_exit_2(args: list[str], names: str) -> None:
+    code, out = run_to_end(
+        "-m", "router", "--http", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", *args
+    )
+    assert code == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and names in lines[0], out
+    assert "Traceback" not in out
+
+
 # -- 8. PTTH_TOKEN -------------------------------------------------------------------------
 
 
