@@ -384,9 +384,10 @@ class H1Exchange(Exchange):
                     self._framing_broken(str(exc))
             if event is None:
                 if conn.client_is_waiting_for_100_continue:
-                    await self.write(
-                        conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    go_on = h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue"
                     )
+                    await self.write(conn.send(go_on))
                 data = await self.owner._recv()
                 if not data and self.owner.eof:
                     self.gone = True
