@@ -478,9 +478,6 @@ class Connection:
         error = event.error
         if error.error_code not in (None, ErrorCodes.NO_ERROR):
             log.warning("tunnel %s: %s; closing", self.tunnel_id, error)
-            # Read what the peer still sends while closing, so that our GOAWAY is not destroyed
-            # by the RST a close with unread input makes (see linger_close).
-            self._linger = True
         self._settings_arrived()  # a connection that closes before its SETTINGS wakes waiters
         for waiter in (self._streams_changed, self._flushed):
             if waiter is not None:
