@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 
 from ptth.proto.fields import Headers
 
-__all__ = ["Exchange", "UserRequest"]
+__all__ = ["Exchange", "UserRequest", "offered_subprotocols"]
+
+
+def offered_subprotocols(headers: Headers) -> list[str]:
+    """The WebSocket subprotocols the user offered, in order (RFC 6455 §4.1)."""
+    return [
+        part.strip().decode("latin-1")
+        for name, value in headers
+        if name == b"sec-websocket-protocol"
+        for part in value.split(b",")
+        if part.strip()
+    ]
 
 
 @dataclass

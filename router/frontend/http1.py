@@ -23,7 +23,7 @@ import trio
 from ptth.driver import linger_close
 from ptth.proto.fields import Headers
 
-from .exchange import Exchange, UserRequest
+from .exchange import Exchange, UserRequest, offered_subprotocols
 from .h1_rules import (
     ChunkScanner,
     HeadError,
@@ -314,13 +314,6 @@ class H1Exchange(Exchange):
             settings = [v for n, v in headers if n == b"http2-settings"]
             if len(settings) == 1 and _valid_settings(settings[0]):
                 self.h2c_settings = settings[0]
-        subprotocols = [
-            p.strip().decode("latin-1")
-            for n, v in headers
-            if n == b"sec-websocket-protocol"
-            for p in v.split(b",")
-            if p.strip()
-        ]
         self.request = UserRequest(
             method=method,
             target=target,
@@ -332,7 +325,7 @@ class H1Exchange(Exchange):
             server=owner.server,
             protocol=protocol,
             has_body=te or cl,
-            subprotocols=subprotocols,
+            subprotocols=offered_subprotocols(headers),
         )
         if owner.requests >= owner.limits.max_requests_per_connection or owner.draining():
             self.close_after = True

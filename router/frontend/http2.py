@@ -21,7 +21,7 @@ from ptth.engine import BudgetLimits, Liveness, Settings
 from ptth.errors import TunnelError
 from ptth.proto.fields import Headers
 
-from .exchange import Exchange, UserRequest
+from .exchange import Exchange, UserRequest, offered_subprotocols
 from .http1 import ClientGoneError
 from .limits import FrontLimits
 
@@ -218,13 +218,6 @@ class H2Exchange(Exchange):
             raise _Refused(400)
         if method == b"CONNECT" and protocol is None:
             raise _Refused(405)
-        subprotocols = [
-            p.strip().decode("latin-1")
-            for n, v in headers
-            if n == b"sec-websocket-protocol"
-            for p in v.split(b",")
-            if p.strip()
-        ]
         self.request = UserRequest(
             method=method,
             target=path or b"/",
@@ -236,7 +229,7 @@ class H2Exchange(Exchange):
             server=server,
             protocol=protocol.lower() if protocol else None,
             has_body=not stream.received_end or stream.buffered > 0,
-            subprotocols=subprotocols,
+            subprotocols=offered_subprotocols(headers),
         )
         self.response_started = False
         self.trailers = None
