@@ -392,9 +392,6 @@ class H1Exchange(Exchange):
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.EndOfMessage):
-                self.body_done = True
-                if event.headers:
-                    self.trailers = list(event.headers)
                 return b"", False
             chunk = bytes(event.data)
             try:
@@ -402,9 +399,6 @@ class H1Exchange(Exchange):
             except h11.RemoteProtocolError:
                 after = None  # reported on the next call
             if isinstance(after, h11.EndOfMessage):
-                self.body_done = True
-                if after.headers:
-                    self.trailers = list(after.headers)
                 return chunk, False
             self._lookahead = after
             return chunk, True
@@ -426,6 +420,10 @@ class H1Exchange(Exchange):
         if isinstance(event, h11.ConnectionClosed):
             raise h11.RemoteProtocolError("connection closed in the body")
         assert isinstance(event, h11.Data | h11.EndOfMessage)
+        if isinstance(event, h11.EndOfMessage):
+            self.body_done = True
+            if event.headers:
+                self.trailers = list(event.headers)
         return event
 
     async def wait_gone(self) -> None:
@@ -553,11 +551,9 @@ class H1Exchange(Exchange):
         conn = self.conn
         if not self.body_done and not self.broken and conn.their_state is h11.SEND_BODY:
             try:  # a request without a body ends at once, with no I/O
-                event = self._next_body_event()
+                self._next_body_event()
             except h11.RemoteProtocolError:
                 return False
-            if isinstance(event, h11.EndOfMessage):
-                self.body_done = True
         return (
             not (self.aborted or self.broken or self.close_after or self._switched)
             and conn.our_state is h11.DONE

@@ -56,7 +56,6 @@ async def serve_h2(
     initial: bytes = b"",
     draining: Callable[[], bool] = lambda: False,
     drain_timeout: float = 30.0,
-    on_connection: Callable[[Connection | None], None] = lambda _: None,
     upgraded: tuple[UserRequest, bytes] | None = None,
 ) -> None:
     """Serve HTTP/2 on ``sock`` (its preface may be in ``initial``) until it closes.
@@ -117,7 +116,6 @@ async def serve_h2(
         initial_data=initial,
         upgrade=None if upgraded is None else (upgraded[1], _upgrade_block(upgraded[0])),
     )
-    on_connection(connection)
 
     async def supervise() -> None:
         """Header deadline for the preface, idle timeout, requests per connection, drain."""
@@ -140,14 +138,11 @@ async def serve_h2(
                 await connection.wait_streams_changed()
                 await trio.sleep(0)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(connection.run)
-            nursery.start_soon(supervise)
-            await connection.wait_closed()
-            nursery.cancel_scope.cancel()
-    finally:
-        on_connection(None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connection.run)
+        nursery.start_soon(supervise)
+        await connection.wait_closed()
+        nursery.cancel_scope.cancel()
 
 
 _NOT_IN_H2 = frozenset(

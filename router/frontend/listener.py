@@ -18,7 +18,6 @@ import anyio.abc
 import trio
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from ptth.driver import Connection
 from ptth.engine import CLIENT_PREFACE
 
 from .exchange import Exchange, UserRequest
@@ -71,7 +70,6 @@ class FrontEnd:
         self.per_client: Counter[str] = Counter()
         self._h1: set[H1Connection] = set()
         self._h1_scopes: dict[H1Connection, trio.CancelScope] = {}
-        self._h2: set[Connection] = set()
         self._idle = trio.Event()
 
     async def handle(self, sock: anyio.abc.ByteStream) -> None:
@@ -190,13 +188,6 @@ class FrontEnd:
         initial: bytes,
         upgraded: tuple[UserRequest, bytes] | None = None,
     ) -> None:
-        def track(connection: Connection | None) -> None:
-            if connection is not None:
-                self._h2.add(connection)
-                track.current = connection  # type: ignore[attr-defined]
-            else:
-                self._h2.discard(track.current)  # type: ignore[attr-defined]
-
         await serve_h2(
             sock,
             self.handler,
@@ -207,7 +198,6 @@ class FrontEnd:
             initial=initial,
             draining=lambda: self.draining,
             drain_timeout=self.drain_timeout,
-            on_connection=track,
             upgraded=upgraded,
         )
 
