@@ -31,10 +31,21 @@ class RouterConfig:
     ping_interval: float = 10.0
     dead_after: float = 20.0
     drain_timeout: float = 30.0
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0
     max_streams_per_tunnel: int = 1000
     max_tunnels: int = 10_000
-    max_pending_handshakes: int = 64
+    max_pending_handshakes: int = 1024  # unauthenticated tunnel connections, router-wide
+    max_pending_per_address: int = 16  # ... and from one client address
+    auth_failure_rate: float = 0.2  # failed authentications per second allowed per address
+    auth_failure_burst: float = 10.0
+    tunnel_tls_cert: str | None = None
+    tunnel_tls_key: str | None = None
+    tokens: str | None = None  # TOML tokens file: identities with their services and hosts
+    domain: str | None = None  # key identities get <fingerprint>.<domain>
+    reserved_hosts: tuple[str, ...] = ()
+    outlier_failures: int = 5  # consecutive failed streams before a tunnel is ejected; 0 = off
+    outlier_ejection: float = 10.0  # first ejection in seconds; doubles per repeat
+    outlier_max_ejection: float = 300.0
     trusted_proxies: tuple[str, ...] = ()
     keepalive_timeout: float = 60.0
     header_timeout: float = 10.0
@@ -87,6 +98,21 @@ class RouterConfig:
             raise ConfigError("max_body_size, min_body_rate and max_in_flight_per_client: >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
+        if (self.tunnel_tls_cert is None) != (self.tunnel_tls_key is None):
+            raise ConfigError("tunnel_tls_cert and tunnel_tls_key go together")
+        if self.token is not None and self.tokens is not None:
+            raise ConfigError("give token or tokens, not both")
+        for name in ("max_pending_per_address", "auth_failure_burst"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.auth_failure_rate <= 0:
+            raise ConfigError("auth_failure_rate must be positive")
+        if self.outlier_failures < 0 or not (
+            0 < self.outlier_ejection <= self.outlier_max_ejection
+        ):
+            raise ConfigError(
+                "outlier_failures must be >= 0 and 0 < outlier_ejection <= outlier_max_ejection"
+            )
 
 
 _HELP = {
@@ -110,7 +136,30 @@ _HELP = {
     "handshake_timeout": "seconds a new tunnel connection has to complete its handshake",
     "max_streams_per_tunnel": "cap on concurrent streams per tunnel (also bounded by the backend)",
     "max_tunnels": "cap on registered tunnels",
-    "max_pending_handshakes": "cap on tunnel connections still in their handshake",
+    "max_pending_handshakes": (
+        "cap on tunnel connections still in their handshake; over it: 503 with Retry-After"
+    ),
+    "max_pending_per_address": "cap on tunnel connections in their handshake from one address",
+    "auth_failure_rate": (
+        "failed tunnel authentications per second allowed per address; over it: 429"
+    ),
+    "auth_failure_burst": "failed tunnel authentications an address may make before throttling",
+    "tunnel_tls_cert": "tunnel port TLS certificate chain (PEM); backends dial tls://HOST:PORT",
+    "tunnel_tls_key": "tunnel port TLS private key (PEM); certificate and key reload on SIGHUP",
+    "tokens": (
+        "TOML file of identities ([[token]] name, token or token_sha256, services, hosts); "
+        "reloaded on SIGHUP"
+    ),
+    "domain": (
+        "domain under which a backend presenting a TLS client certificate gets "
+        "<fingerprint>.<domain>"
+    ),
+    "reserved_hosts": "comma-separated host names no backend may claim (besides the router's own)",
+    "outlier_failures": (
+        "consecutive failed streams after which a tunnel leaves rotation for a while (0 = off)"
+    ),
+    "outlier_ejection": "seconds of the first ejection of a failing tunnel; doubles each time",
+    "outlier_max_ejection": "longest ejection of a failing tunnel, in seconds",
     "trusted_proxies": "comma-separated client IPs whose X-Forwarded-* are kept",
     "keepalive_timeout": "seconds an idle user connection stays open between requests",
     "header_timeout": "seconds a user has to send a complete request head (slowloris)",
@@ -147,7 +196,7 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "default_service":
             text = str(value).strip()
             return None if text.lower() in ("", "none", "off") else text
-        if name == "trusted_proxies":
+        if name in ("trusted_proxies", "reserved_hosts"):
             items = value if isinstance(value, list | tuple) else str(value).split(",")
             return tuple(str(item).strip() for item in items if str(item).strip())
         if kind.startswith("bool"):
