@@ -1,8 +1,11 @@
 """``serve``: keep tunnels open to one or more routers and serve an ASGI app through them.
 
 Each (router, connection slot) pair has a connector task: dial, handshake, serve HTTP/2 until
-the tunnel drops, back off with full jitter, dial again. Refusals that retrying cannot fix
-(400/401/403/409) end ``serve`` with :class:`HandshakeRefused`. Cancelling ``serve`` drains:
+the tunnel drops, back off with full jitter (never sooner than a refusal's Retry-After), dial
+again. Refusals that retrying cannot fix (400/401/403) end ``serve`` with
+:class:`HandshakeRefused`; a 409 is retried, since another identity's claim may expire. At most
+``HANDSHAKES_PER_ROUTER`` handshakes run at once per router, so thousands of tunnels open in
+waves below the router's per-address cap on pending handshakes. Cancelling ``serve`` drains:
 GOAWAY on every tunnel, in-flight requests finish (up to ``drain_timeout``), then lifespan shutdown.
 """
 
@@ -28,7 +31,7 @@ from .driver import Connection, Stream, StreamHandler
 from .engine import Liveness, Settings
 from .errors import ConfigError, HandshakeError, HandshakeRefused, HeaderError, PTTHError
 from .groups import unwrap
-from .proto.address import parse_address
+from .proto.address import format_address, parse_address
 from .proto.handshake import ClientHandshake, Registration
 from .proto.headers import parse_request_block
 from .types import ASGIApp
@@ -38,6 +41,33 @@ __all__ = ["BackendOptions", "parse_address", "resolve_arguments", "run_backend"
 log = logging.getLogger("ptth.backend")
 
 HANDSHAKE_TIMEOUT = 10.0
+# Handshakes in flight to one router at a time: well under the router's default cap on pending
+# handshakes per client address (16, ARCHITECTURE.md "Admission on the tunnel port").
+HANDSHAKES_PER_ROUTER = 8
+# What a backend should do about a refusal it will not retry (the log line says it).
+_FATAL_HINTS = {
+    400: "fix the registration (service, hosts, path prefix)",
+    401: "check --token",
+    403: "check that the token may claim this service and these hosts",
+}
+
+
+def _describe_failure(router: str, exc: BaseException) -> str:
+    """One readable clause naming the router and what went wrong (no advice; callers add it)."""
+    if isinstance(exc, HandshakeRefused):
+        return f"router {router} refused the tunnel: {exc.status} {exc.reason}"
+    if isinstance(exc, anyio.BrokenResourceError | ConnectionResetError):
+        return f"router {router} reset the connection"
+    if isinstance(exc, anyio.EndOfStream):
+        return f"router {router} closed the connection"
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, HandshakeError) and text.startswith("router "):
+        return f"router {router} {text.removeprefix('router ')}"
+    if isinstance(exc, TimeoutError):
+        return f"router {router} did not accept the connection in time"
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        return f"router {router}: cannot connect: {text}"
+    return f"router {router}: {text}"
 
 
 def _default_instance() -> str:
@@ -110,6 +140,7 @@ class _Backend:
         # Live tunnels per router address, with their capacities; extras still dialling.
         self._by_router: dict[tuple[str, int], dict[Connection, int]] = {}
         self._dialling: dict[tuple[str, int], int] = {}
+        self._handshake_slots: dict[tuple[str, int], anyio.Semaphore] = {}
         self._connectors: anyio.abc.TaskGroup | None = None
 
     def _maybe_scale(self, host: str, port: int) -> None:
@@ -149,12 +180,17 @@ class _Backend:
                 still_dialling = False
                 self._dialling[(host, port)] -= 1
 
+        router = format_address(host, port)
         try:
-            await self._connect_once(host, port, -1, backoff, on_live=live)
-        except BaseExceptionGroup as group:
-            log.warning("router %s:%d: extra tunnel: %s", host, port, unwrap(group, PTTHError))
+            try:
+                await self._dial(host, port, -1, backoff, on_live=live)
+            except BaseExceptionGroup as group:
+                raise unwrap(group, PTTHError) from None
         except (OSError, PTTHError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            log.warning("router %s:%d: extra tunnel failed: %s", host, port, exc)
+            log.warning(
+                "%s; extra tunnel not opened (another is dialled when one is needed)",
+                _describe_failure(router, exc),
+            )
         finally:
             live()
 
@@ -174,33 +210,80 @@ class _Backend:
                 return
 
     async def _connector(self, host: str, port: int, slot: int) -> None:
+        """Keep one tunnel slot to one router filled; each failure is one log line that says
+        what the router said and what happens next."""
         opts = self.options
         backoff = Backoff(
             base=opts.backoff_base, cap=opts.backoff_cap, reset_after=opts.backoff_reset_after
         )
+        router = format_address(host, port)
         while not self.draining:
+            failure: str | None = None
+            retry_after: float | None = None
+            note = ""
             try:
                 try:
-                    await self._connect_once(host, port, slot, backoff)
+                    await self._dial(host, port, slot, backoff)
                 except BaseExceptionGroup as group:
                     raise unwrap(group, PTTHError) from None
             except HandshakeRefused as exc:
+                failure = _describe_failure(router, exc)
                 if not exc.retryable:
-                    log.error(
-                        "router %s:%d refused the tunnel: %s %s", host, port, exc.status, exc.reason
-                    )
+                    hint = _FATAL_HINTS.get(exc.status, "the router will not accept it")
+                    log.error("%s; not retrying: %s", failure, hint)
                     raise
-                log.warning("router %s:%d: %s %s; retrying", host, port, exc.status, exc.reason)
+                retry_after = exc.retry_after
+                if exc.status == 409:
+                    note = " (the holder's claim may expire)"
             except (OSError, PTTHError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-                log.warning("router %s:%d: %s", host, port, exc)
+                failure = _describe_failure(router, exc)
             except Exception:
-                log.exception("router %s:%d: unexpected error; reconnecting", host, port)
+                log.exception("router %s: unexpected error; reconnecting", router)
             backoff.disconnected(anyio.current_time())
             if self.draining:
                 return
             delay = backoff.next_delay(self.rng)
-            log.info("reconnecting to %s:%d in %.2f s", host, port, delay)
+            if retry_after is not None:
+                # At least what the router asked, spread a little so a fleet refused at the
+                # same moment does not return at the same moment.
+                delay = max(delay, retry_after * (1 + 0.2 * self.rng.random()))
+            if failure is None:
+                log.info("reconnecting to %s in %.1f s", router, delay)
+            else:
+                log.warning("%s; retrying in %.1f s%s", failure, delay, note)
             await anyio.sleep(delay)
+
+    async def _dial(
+        self,
+        host: str,
+        port: int,
+        slot: int,
+        backoff: Backoff,
+        *,
+        on_live: Callable[[], None] | None = None,
+    ) -> None:
+        """``_connect_once`` holding one of the router's ``HANDSHAKES_PER_ROUTER`` slots until
+        the tunnel is registered (or failed): a helper opens thousands of tunnels in waves."""
+        key = (host, port)
+        slots = self._handshake_slots.get(key)
+        if slots is None:
+            slots = self._handshake_slots[key] = anyio.Semaphore(HANDSHAKES_PER_ROUTER)
+        await slots.acquire()
+        held = True
+
+        def registered() -> None:
+            nonlocal held
+            if held:
+                held = False
+                slots.release()
+            if on_live is not None:
+                on_live()
+
+        try:
+            await self._connect_once(host, port, slot, backoff, on_live=registered)
+        finally:
+            if held:
+                slots.release()
 
     async def _connect_once(
         self,
@@ -371,7 +454,7 @@ async def serve(
     ``router_addr`` is ``"host:port"`` or a list of them; ``connections`` tunnels are kept to
     each. ``strip_prefix`` asks the router to cut ``path_prefix`` from request paths; the app
     then sees it as its ``root_path`` (ASGI mount semantics). Raises
-    :class:`~ptth.errors.HandshakeRefused` when a router refuses for good (400/401/403/409)
+    :class:`~ptth.errors.HandshakeRefused` when a router refuses for good (400/401/403)
     and :class:`~ptth.errors.LifespanError` when startup fails.
     """
     addresses, options = resolve_arguments(

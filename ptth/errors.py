@@ -48,7 +48,8 @@ __all__ = [
 ]
 
 # Statuses the helper must never retry: the router has told it the registration itself is wrong.
-NON_RETRYABLE_STATUSES = frozenset({400, 401, 403, 409})
+# 409 is retried: another identity's claim on a host may expire (its grace period).
+NON_RETRYABLE_STATUSES = frozenset({400, 401, 403})
 
 
 class PTTHError(Exception):
@@ -74,13 +75,16 @@ class HandshakeError(PTTHError):
 class HandshakeRefused(HandshakeError):
     """The router refused the tunnel with a real HTTP response.
 
-    ``retryable`` is False for 400/401/403/409: retrying cannot help, so ``ptth.serve`` raises.
+    ``retryable`` is False for 400/401/403: retrying cannot help, so ``ptth.serve`` raises.
+    ``retry_after`` is the refusal's Retry-After in seconds (RFC 9110, section 10.2.3), if any:
+    the router sets it on 429 and 503, and the helper waits at least that long.
     """
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(f"router refused the tunnel: {status} {reason}")
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
         self.retryable = status not in NON_RETRYABLE_STATUSES
 
 

@@ -7,6 +7,7 @@ body is a plain-text reason. After the 101 the roles flip: the router is the HTT
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from ..errors import HandshakeError, HandshakeRefused
 
 __all__ = [
     "MAX_HEAD_SIZE",
+    "MAX_RETRY_AFTER",
     "WELL_KNOWN_PATH",
     "Accepted",
     "ClientHandshake",
@@ -26,6 +28,9 @@ __all__ = [
 WELL_KNOWN_PATH = b"/.well-known/ptth"
 MAX_HEAD_SIZE = 16 * 1024
 MAX_REASON_SIZE = 4 * 1024
+# The longest Retry-After the helper honours: a router (or something pretending to be one)
+# must not be able to park a backend for hours with one header.
+MAX_RETRY_AFTER = 300.0
 
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Host names are case-insensitive (RFC 4343): the router lowercases claims before checking them.
@@ -42,6 +47,7 @@ REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
+    408: "Request Timeout",
     409: "Conflict",
     426: "Upgrade Required",
     429: "Too Many Requests",
@@ -106,6 +112,18 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def parse_retry_after(value: str) -> float | None:
+    """Retry-After as delta-seconds (RFC 9110, section 10.2.3), capped at MAX_RETRY_AFTER.
+
+    The HTTP-date form and anything else are ignored (None): a helper's clock need not agree
+    with the router's, and garbage must not stop it from retrying.
+    """
+    text = value.strip()
+    if not text.isascii() or not text.isdigit():
+        return None
+    return min(float(int(text[:16])), MAX_RETRY_AFTER)
+
+
 class ClientHandshake:
     """Backend side: build the upgrade request, then parse the router's answer."""
 
@@ -147,6 +165,10 @@ class ClientHandshake:
 
         Raises :class:`HandshakeRefused` for a refusal, :class:`HandshakeError` for nonsense.
         """
+        if not data and self._refusal is None:
+            # h11 would call a close before any response a protocol error ("can't handle event
+            # type ConnectionClosed ..."); to the helper it is a plain, retryable close.
+            raise HandshakeError("router closed the connection during the handshake")
         try:
             self._conn.receive_data(data)
             while True:
@@ -169,14 +191,23 @@ class ClientHandshake:
                 elif event is h11.PAUSED:
                     raise HandshakeError("router paused the handshake unexpectedly")
         except h11.RemoteProtocolError as exc:
+            if self._refusal is not None:  # a refusal cut short: its status still stands
+                return self._eof()
             raise HandshakeError(f"malformed handshake response from router: {exc}") from exc
 
     def _eof(self) -> Accepted | None:
         if self._refusal is not None:
-            reason = self._reason.decode("utf-8", "replace").strip() or REASONS.get(
-                self._refusal.status_code, "refused"
-            )
-            raise HandshakeRefused(self._refusal.status_code, reason)
+            # One line of printable text: the helper logs it, and a router's body must not be
+            # able to forge log lines or terminal escapes.
+            text = self._reason.decode("utf-8", "replace")
+            text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+            reason = text or REASONS.get(self._refusal.status_code, "refused")
+            retry_after = None
+            for name, value in self._refusal.headers:
+                if name.lower() == b"retry-after":
+                    retry_after = parse_retry_after(value.decode("latin-1"))
+                    break
+            raise HandshakeRefused(self._refusal.status_code, reason, retry_after)
         raise HandshakeError("router closed the connection during the handshake")
 
     def _accepted(self, event: h11.InformationalResponse) -> Accepted:
@@ -314,8 +345,11 @@ class ServerHandshake:
             headers.append(("Ptth-Max-Streams", str(max_streams)))
         return self._conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
 
-    def refuse(self, status: int, reason: str, *, retry_after: int | None = None) -> bytes:
-        """A complete refusal response; the caller closes the connection after sending it."""
+    def refuse(self, status: int, reason: str, *, retry_after: float | None = None) -> bytes:
+        """A complete refusal response; the caller closes the connection after sending it.
+
+        ``retry_after`` (seconds) becomes a Retry-After in whole seconds, rounded up.
+        """
         body = (reason.strip() + "\n").encode("utf-8")
         headers = [
             ("Content-Type", "text/plain; charset=utf-8"),
@@ -326,8 +360,8 @@ class ServerHandshake:
             headers.append(("WWW-Authenticate", 'Bearer realm="ptth"'))
         if status == 426:
             headers.append(("Upgrade", "reverse"))
-        if retry_after is not None:
-            headers.append(("Retry-After", str(retry_after)))
+        if retry_after is not None and math.isfinite(retry_after):
+            headers.append(("Retry-After", str(max(0, math.ceil(retry_after)))))
         response = h11.Response(
             status_code=status, headers=headers, reason=REASONS.get(status, "Error").encode()
         )

@@ -9,6 +9,7 @@ the app sees (disconnects, errors, lifespan, scope) run the helper on both loops
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from typing import Any
 
@@ -287,9 +288,26 @@ async def test_backend_returning_within_grace_takes_its_claim_back() -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_conflicting_host_claim_is_refused_with_409() -> None:
+async def test_conflicting_host_claim_is_refused_with_409(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 10: a 409 is retried with backoff (the holder's claim may expire), not fatal.
+    caplog.set_level(logging.INFO, logger="ptth.backend")
+
+    def refusals() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "ptth.backend" and "refused the tunnel: 409" in r.getMessage()
+        ]
+
+    async def wait_refusals(count: int) -> None:
+        with trio.fail_after(5):
+            while len(refusals()) < count:
+                await trio.sleep(0.01)
+
     async with trio.open_nursery() as nursery:
-        router = await start_router(nursery, grace=30)
+        router = await start_router(nursery, grace=2)
         owner = await start_backend(
             nursery, make_hello_app("a"), router.tunnel, service="a", hosts=["shared.test"]
         )
@@ -302,30 +320,34 @@ async def test_conflicting_host_claim_is_refused_with_409() -> None:
 
         # Host names are case-insensitive: a differently cased claim is the same claim.
         intruder = await start_backend(
-            nursery, make_hello_app("b"), router.tunnel, service="b", hosts=["SHARED.test"]
+            nursery,
+            make_hello_app("b"),
+            router.tunnel,
+            options=BackendOptions(service="b", hosts=("SHARED.test",), backoff_cap=0.3),
         )
-        error = await wait_done(intruder)
-        assert isinstance(error, HandshakeRefused), error
-        assert error.status == 409
-        assert not error.retryable
+        await wait_refusals(2)
+        line = refusals()[0]
+        assert "; retrying in " in line and line.endswith("(the holder's claim may expire)")
+        assert "\n" not in line
+        assert not intruder.done.is_set()  # still trying
         assert router.tunnel_count("b") == 0
 
         # While the claim is in its grace period, it still belongs to "a".
         await stop_all(owner, peer)
         assert router.tunnel_count() == 0
-        intruder = await start_backend(
-            nursery, make_hello_app("b"), router.tunnel, service="b", hosts=["shared.test"]
-        )
-        error = await wait_done(intruder)
-        assert isinstance(error, HandshakeRefused), error
-        assert error.status == 409
+        seen = len(refusals())
+        await wait_refusals(seen + 1)
+        assert router.tunnel_count("b") == 0
+        # Once it has expired, the retrying backend gets the host.
+        await router.wait_tunnels(1, service="b", timeout=5)
+        assert not intruder.done.is_set()
 
         # A different host is fine for "b".
         other = await start_backend(
             nursery, make_hello_app("b"), router.tunnel, service="b", hosts=["other.test"]
         )
-        await router.wait_tunnels(1, service="b")
-        await stop_all(other)
+        await router.wait_tunnels(2, service="b")
+        await stop_all(other, intruder)
         nursery.cancel_scope.cancel()
 
 

@@ -64,7 +64,8 @@ def test_refusals_raise_with_status_reason_and_retryability(status: int) -> None
         client.receive(server.refuse(status, "because reasons"))
     assert info.value.status == status
     assert info.value.reason == "because reasons"
-    assert info.value.retryable == (status not in (400, 401, 403, 409))
+    # Issue 10: 409 is retried (another identity's claim may expire); 400/401/403 never.
+    assert info.value.retryable == (status not in (400, 401, 403))
 
 
 def test_refusal_arriving_in_one_piece_with_eof() -> None:
@@ -210,3 +211,96 @@ def test_bad_strip_prefix_is_a_400(fields: bytes) -> None:
 def test_strip_prefix_without_a_prefix_is_refused_before_sending(prefix: str | None) -> None:
     with pytest.raises(HandshakeError, match="Ptth-Strip-Prefix needs a Ptth-Path-Prefix"):
         ClientHandshake(Registration(path_prefix=prefix, strip_prefix=True), "r:1")
+
+
+# -- refusals the helper can act on (issue 10: a tunnel port nobody can lock) ------------
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header", "parsed"),
+    [(5, "5", 5.0), (0.2, "1", 1.0), (4.0, "4", 4.0), (None, None, None)],
+)
+def test_refusal_carries_retry_after_both_ways(
+    retry_after: float | None, header: str | None, parsed: float | None
+) -> None:
+    _, server, client = _exchange(Registration())
+    data = server.refuse(503, "too many pending handshakes", retry_after=retry_after)
+    assert (f"Retry-After: {header}\r\n" in data.decode()) == (header is not None)
+    with pytest.raises(HandshakeRefused) as info:
+        client.receive(data)
+    assert info.value.retry_after == parsed
+    assert info.value.reason == "too many pending handshakes"
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        (b"120", 120.0),
+        (b" 7 ", 7.0),
+        (b"86400", 300.0),  # capped: one header must not park a backend for a day
+        (b"9" * 40, 300.0),
+        (b"Wed, 21 Oct 2015 07:28:00 GMT", None),  # HTTP-date: the clocks need not agree
+        (b"-5", None),
+        (b"1.5", None),
+        (b"soon", None),
+        (b"", None),
+        ("\u0661".encode(), None),  # a non-ASCII digit is not delta-seconds
+    ],
+)
+def test_retry_after_from_the_router_is_delta_seconds_only(
+    value: bytes, parsed: float | None
+) -> None:
+    client = ClientHandshake(Registration(), "r:1")
+    client.request_bytes()
+    body = b"busy\n"
+    response = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nRetry-After: "
+        + value
+        + b"\r\n\r\n"
+        + body
+    )
+    with pytest.raises(HandshakeRefused) as info:
+        client.receive(response)
+    assert info.value.retry_after == parsed
+    assert info.value.retryable
+
+
+@pytest.mark.parametrize("before", [b"", b"HTTP/1.1 50"], ids=["nothing", "half-a-head"])
+def test_router_closing_during_the_handshake_is_one_plain_error(before: bytes) -> None:
+    client = ClientHandshake(Registration(), "r:1")
+    client.request_bytes()
+    if before:
+        assert client.receive(before) is None
+    with pytest.raises(HandshakeError) as info:
+        client.receive(b"")
+    assert not isinstance(info.value, HandshakeRefused)
+    assert str(info.value) == "router closed the connection during the handshake"
+
+
+def test_refusal_cut_short_keeps_its_status() -> None:
+    client = ClientHandshake(Registration(), "r:1")
+    client.request_bytes()
+    head = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 100\r\nRetry-After: 3\r\n\r\nslow"
+    assert client.receive(head) is None
+    with pytest.raises(HandshakeRefused) as info:
+        client.receive(b"")
+    assert (info.value.status, info.value.retry_after) == (429, 3.0)
+    assert info.value.reason == "slow"
+
+
+def test_timeout_refusal_is_408_with_a_reason() -> None:
+    server = ServerHandshake()
+    assert server.receive(b"POST /.well-known/ptth HTTP/1.1\r\nHost:") is None
+    data = server.refuse(408, "no complete handshake within 5 s").decode()
+    assert data.startswith("HTTP/1.1 408 Request Timeout\r\n")
+    assert data.endswith("\r\n\r\nno complete handshake within 5 s\n")
+
+
+def test_refusal_reason_is_one_printable_line() -> None:
+    client = ClientHandshake(Registration(), "r:1")
+    client.request_bytes()
+    body = b"busy\r\n2024-01-01 CRITICAL forged line\x1b[31m\n"
+    head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with pytest.raises(HandshakeRefused) as info:
+        client.receive(head + body)
+    assert info.value.reason == "busy 2024-01-01 CRITICAL forged line [31m"
