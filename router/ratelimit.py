@@ -1,4 +1,6 @@
-"""Per-client token buckets for the front end (rate limit → 429, ARCHITECTURE.md); no I/O.
+"""Per-client token buckets (rate limit → 429, ARCHITECTURE.md); no I/O.
+
+The front end spends a token per request; the tunnel port one per failed authentication.
 
 Each client address gets ``burst`` tokens refilled at ``rate`` per second; a request spends one.
 Buckets that are full again are forgotten, so memory follows the number of *active* clients,
@@ -54,6 +56,20 @@ class RateLimiter:
         if now - self._last_sweep > 60:
             self._sweep(now)
         return (1 - bucket.tokens) / self.rate
+
+    def wait(self, client: str, now: float) -> float:
+        """Seconds until ``client`` could spend a token (0.0: now); spends nothing.
+
+        Looking never starts tracking a client, so it costs no memory (the tunnel port checks
+        every handshake but records only failures).
+        """
+        bucket = self._buckets.get(client)
+        if bucket is None and len(self._buckets) >= self.max_clients:
+            bucket = self._buckets.get(_SHARED)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket.tokens + max(0.0, now - bucket.updated) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 
     def _sweep(self, now: float) -> None:
         """Forget buckets that have refilled completely: they hold no information."""

@@ -28,6 +28,7 @@ PURE = [
     "router/routing.py",
     "router/balancer.py",
     "router/ratelimit.py",
+    "router/tunnel_admission.py",
     "router/responses.py",
 ]
 ENGINE = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "ptth/engine").glob("*.py"))
