@@ -35,6 +35,7 @@ from ptth.proto.headers import strip_path_prefix
 
 from .config import RouterConfig
 from .frontend.exchange import UserRequest
+from .outlier import SUCCESS, StreamOutcome, outcome_of
 from .ratelimit import RateLimiter
 from .registry import Registry, RouterTunnel
 
@@ -42,10 +43,12 @@ __all__ = [
     "MAX_ATTEMPTS",
     "ClientGone",
     "ProxyContext",
+    "Slot",
     "bad_request",
     "block_for",
     "forwarded_element",
     "next_response_chunk",
+    "released",
     "tunnel_stream",
 ]
 
@@ -143,6 +146,28 @@ def forwarded_element(request: UserRequest, authority: bytes) -> bytes:
         host,
         request.http_version.encode("ascii"),
     )
+
+
+class Slot:
+    """A tunnel slot in use (see :func:`released`)."""
+
+    def __init__(self) -> None:
+        self.failure: StreamOutcome | None = None
+
+
+@contextmanager
+def released(registry: Registry, tunnel: RouterTunnel) -> Iterator[Slot]:
+    """Release ``tunnel``'s slot after the block, reporting the stream's outcome once for passive
+    health (ARCHITECTURE.md, "Passive health"): the error the block ended with decides
+    (:func:`~router.outlier.outcome_of`), none is a success. A failure the block handled itself
+    (a WebSocket whose tunnel was lost after the accept) is set as ``slot.failure``."""
+    slot = Slot()
+    try:
+        yield slot
+    except BaseException as exc:
+        registry.release(tunnel, outcome_of(exc))
+        raise
+    registry.release(tunnel, slot.failure or SUCCESS)
 
 
 @asynccontextmanager

@@ -41,6 +41,7 @@ from .proxy_common import (
     block_for,
     forwarded_element,
     next_response_chunk,
+    released,
     tunnel_stream,
 )
 from .registry import RouterTunnel
@@ -140,8 +141,9 @@ async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _O
         tunnel = await _acquire(ctx, service, tried, body)
         outcome.tunnel_id = tunnel.tunnel_id
         try:
-            block = block_for(tunnel, headers, prefix)
-            await _exchange(ctx, tunnel, block, body, no_body, exchange, outcome)
+            with released(ctx.registry, tunnel):
+                block = block_for(tunnel, headers, prefix)
+                await _exchange(ctx, tunnel, block, body, no_body, exchange, outcome)
             return
         except StreamReset as exc:
             retry = exc.refused and not outcome.status and body.replay is not None
@@ -149,8 +151,6 @@ async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _O
                 raise BadGateway(f"backend reset the stream (code {exc.error_code})") from None
             tried.add(tunnel.tunnel_id)
             log.info("tunnel %s refused the stream; retrying elsewhere", tunnel.tunnel_id)
-        finally:
-            ctx.registry.release(tunnel)
 
 
 async def _acquire(

@@ -47,6 +47,7 @@ from ptth.types import Message
 from .config import RouterConfig
 from .frontend.exchange import Exchange, UserRequest
 from .frontend.http1 import ClientGoneError
+from .outlier import StreamOutcome, outcome_of
 from .proxy_common import (
     MAX_ATTEMPTS,
     ClientGone,
@@ -55,6 +56,7 @@ from .proxy_common import (
     block_for,
     forwarded_element,
     next_response_chunk,
+    released,
     tunnel_stream,
 )
 from .registry import RouterTunnel
@@ -78,6 +80,8 @@ class _Outcome:
     received: int = 0  # message bytes relayed to the backend
     close_code: int | None = None
     tunnel_id: str = "-"
+    # The tunnel failed the accepted session (reset, lost): reported to passive health.
+    failure: StreamOutcome | None = None
 
 
 class _User:
@@ -248,8 +252,10 @@ async def _forward(
         tunnel = await ctx.registry.acquire(service, exclude=tried)
         outcome.tunnel_id = tunnel.tunnel_id
         try:
-            block = block_for(tunnel, headers, prefix)
-            await _session(ctx.config, tunnel, block, user, outcome)
+            with released(ctx.registry, tunnel) as slot:
+                block = block_for(tunnel, headers, prefix)
+                await _session(ctx.config, tunnel, block, user, outcome)
+                slot.failure = outcome.failure
             return
         except StreamReset as exc:
             # Nothing is sent on the stream before the backend answers, so a refused stream
@@ -258,8 +264,6 @@ async def _forward(
                 raise BadGateway(f"backend reset the stream (code {exc.error_code})") from None
             tried.add(tunnel.tunnel_id)
             log.info("tunnel %s refused the WebSocket; retrying elsewhere", tunnel.tunnel_id)
-        finally:
-            ctx.registry.release(tunnel)
 
 
 async def _session(
@@ -436,6 +440,9 @@ class _Pump:
                 if pongs:
                     await self._write(pongs)
         except TunnelError as exc:
+            if self.outcome.close_code is None:
+                # Not our own reset after the user left (that set the close code first).
+                self.outcome.failure = outcome_of(exc)
             await self._lost(f"tunnel lost: {exc}")
 
     async def _lost(self, why: str) -> None:

@@ -7,6 +7,7 @@ is full, and wakes waiters when a slot frees or a tunnel arrives.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from ptth.errors import HandshakeRefused, HeaderError, NoTunnel
 from ptth.proto.handshake import Registration
 
 from .balancer import pick
+from .outlier import NEUTRAL, OutlierDetector, StreamOutcome
 from .routing import RoutingTable
 
 __all__ = ["Registry", "RouterTunnel"]
@@ -36,6 +38,34 @@ class RouterTunnel:
     in_flight: int = 0
     served: int = 0
     registered_at: float = field(default_factory=trio.current_time)
+    health: OutlierDetector = field(default_factory=OutlierDetector)
+
+    def in_rotation(self, now: float) -> bool:
+        """Not ejected by passive health (ARCHITECTURE.md, "Passive health"); logs a return."""
+        returned = self.health.take_return(now)
+        if returned is not None:
+            log.info(
+                "tunnel %s (instance %s): back in rotation after a %g s ejection",
+                self.tunnel_id,
+                self.registration.instance or "-",
+                returned.duration,
+            )
+        return not self.health.ejected(now)
+
+    def report(self, outcome: StreamOutcome, now: float) -> None:
+        """Count one finished stream for passive health; logs an ejection."""
+        ejection = self.health.record(outcome, now)
+        if ejection is not None:
+            log.warning(
+                "tunnel %s (instance %s): ejected for %g s after %d failed streams in a row%s "
+                "(last: %s)",
+                self.tunnel_id,
+                self.registration.instance or "-",
+                ejection.duration,
+                ejection.failures,
+                f", ejection {ejection.times} without a success" if ejection.times > 1 else "",
+                ejection.last_failure,
+            )
 
     @property
     def max_streams(self) -> int:
@@ -50,6 +80,21 @@ class RouterTunnel:
     @property
     def service(self) -> str:
         return self.registration.service
+
+
+def all_ejected(service: str, tunnels: list[RouterTunnel], now: float) -> NoTunnel:
+    """The 503 when passive health ejected every live tunnel of the pool: no request is sent to
+    a backend known to fail; Retry-After says when the first one is back."""
+    ejections = [t.health.ejection for t in tunnels if t.health.ejection is not None]
+    first = min(ejections, key=lambda e: e.until, default=None)
+    back = first.until if first is not None else now
+    error = NoTunnel(
+        f"every tunnel of service {service!r} is ejected after failed streams "
+        f"(last: {first.last_failure if first else '?'}); "
+        f"the first is back in {max(0.0, back - now):.0f} s"
+    )
+    error.retry_after = max(1, math.ceil(back - now))
+    return error
 
 
 class Registry:
@@ -135,21 +180,27 @@ class Registry:
 
         Raises :class:`NoTunnel` (503) when the service has no live tunnel.
         """
-        pool = [
+        live = [
             t
             for t in self._services.get(service, ())
             if not t.connection.draining and (not exclude or t.tunnel_id not in exclude)
         ]
+        now = trio.current_time()
+        pool = [t for t in live if t.in_rotation(now)]
         if not pool:
+            if live:
+                raise all_ejected(service, live, now)
             raise NoTunnel(f"no live tunnel for service {service!r}")
         chosen = pick(pool, self._rng)
         if chosen is not None:
             chosen.in_flight += 1
         return chosen
 
-    def release(self, tunnel: RouterTunnel) -> None:
+    def release(self, tunnel: RouterTunnel, outcome: StreamOutcome = NEUTRAL) -> None:
+        """Free the slot; ``outcome`` is what the stream says about the tunnel's health."""
         tunnel.in_flight -= 1
         tunnel.served += 1
+        tunnel.report(outcome, trio.current_time())
         self._wake()
 
     def _wake(self) -> None:

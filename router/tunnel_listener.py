@@ -19,6 +19,7 @@ from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
 from ptth.proto.handshake import Registration, ServerHandshake
 
 from .config import RouterConfig
+from .outlier import OutlierDetector, OutlierPolicy
 from .registry import Registry, RouterTunnel
 
 __all__ = ["TunnelListener"]
@@ -26,6 +27,7 @@ __all__ = ["TunnelListener"]
 log = logging.getLogger("router.tunnel")
 
 SETTINGS_TIMEOUT = 10.0
+PEER_CLOSE_GRACE = 1.0
 
 
 def token_matches(expected: str | None, given: str | None) -> bool:
@@ -157,6 +159,9 @@ class TunnelListener:
             connection=connection,
             peer=peer,
             stream_cap=cfg.max_streams_per_tunnel,
+            health=OutlierDetector(
+                OutlierPolicy(cfg.outlier_failures, cfg.outlier_ejection, cfg.outlier_max_ejection)
+            ),
         )
         self.connections.add(connection)
         try:
@@ -210,12 +215,43 @@ class TunnelListener:
             )
 
     async def _watch_drain(self, tunnel: RouterTunnel) -> None:
-        """Stop routing to a tunnel as soon as its backend announces a drain (GOAWAY)."""
+        """Stop routing to a tunnel as soon as its backend announces a drain (GOAWAY NO_ERROR),
+        then see the connection end: a backend that drains but keeps its socket open is closed
+        once its streams are done, or after the drain timeout (ARCHITECTURE.md, "Passive
+        health"); otherwise it would hold a connection, and its claim, forever."""
         connection = tunnel.connection
         while not connection.draining:
             await connection.wait_streams_changed()
+        if connection.closed:
+            return  # lost, or a GOAWAY with an error: _run_tunnel logs why
         log.info("tunnel %s: draining (no new requests)", tunnel.tunnel_id)
         self.registry.remove(tunnel)
+        if self.draining:
+            return  # the router's own GOAWAY: drain() closes the connection
+        timeout = self.config.drain_timeout
+        with anyio.move_on_after(timeout):
+            await connection.wait_idle()
+            # A backend that drains properly closes right after its last stream (ptth's helper
+            # does, RFC 9113 §6.8): give it that moment before closing from this side.
+            with anyio.move_on_after(PEER_CLOSE_GRACE):
+                while not connection.closed:
+                    await connection.wait_streams_changed()
+        if connection.closed:
+            return
+        if connection.open_streams:
+            log.warning(
+                "tunnel %s: %d stream(s) still open %g s after the backend's GOAWAY; closing "
+                "the connection (drain timeout)",
+                tunnel.tunnel_id,
+                connection.open_streams,
+                timeout,
+            )
+        else:
+            log.info(
+                "tunnel %s: the backend drained but kept the connection open; closing it",
+                tunnel.tunnel_id,
+            )
+        await connection.drain(0)
 
     async def drain(self) -> None:
         """Router shutdown: refuse new tunnels, GOAWAY every tunnel, wait, close."""
