@@ -34,6 +34,7 @@ from .groups import unwrap
 from .proto.address import format_address, parse_address
 from .proto.handshake import ClientHandshake, Registration
 from .proto.headers import parse_request_block
+from .proto.hostnames import normalize_claim
 from .types import ASGIApp
 
 __all__ = ["BackendOptions", "parse_address", "resolve_arguments", "run_backend", "serve"]
@@ -117,7 +118,7 @@ class _Backend:
         self.options = options
         self.registration = Registration(
             service=options.service,
-            hosts=tuple(options.hosts),
+            hosts=_canonical_hosts(options.hosts),
             path_prefix=options.path_prefix,
             weight=options.weight,
             instance=options.instance,
@@ -422,6 +423,15 @@ class _Backend:
                 with anyio.CancelScope(shield=True):
                     await self.drain()
                     work.cancel()
+
+
+def _canonical_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
+    """Claims as the router will compare them (``Bücher.example:443`` → ``xn--bcher-kva.example``),
+    so the handshake carries only ASCII and the router's answer matches what was asked."""
+    try:
+        return tuple(dict.fromkeys(normalize_claim(h) for h in hosts))
+    except HeaderError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 async def _answer(stream: Stream, status: int, text: str) -> None:

@@ -38,6 +38,7 @@ from .frontend.exchange import UserRequest
 from .outlier import SUCCESS, StreamOutcome, outcome_of
 from .ratelimit import RateLimiter
 from .registry import Registry, RouterTunnel
+from .routing import Route
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -100,9 +101,9 @@ class ProxyContext:
             else:
                 del self.per_client[client]
 
-    def route(self, host: str, path: bytes) -> tuple[str, str | None]:
-        """The service for this request and the path prefix that matched it (``None``: none);
-        400 for a malformed Host, 404 when nothing matches."""
+    def route(self, host: str, path: bytes) -> Route:
+        """The service, matched path prefix and claim for this request; 400 for a malformed
+        Host, 404 when nothing matches."""
         try:
             found = self.registry.route(host, path.decode("latin-1"))
         except HeaderError as exc:

@@ -47,6 +47,7 @@ from .proxy_common import (
 from .registry import RouterTunnel
 from .request_body import RequestBody, pump_request, watch_disconnect, watch_until_stream
 from .responses import error_response, is_grpc_trailers_only, split_trailers_only
+from .routing import Route
 
 __all__ = ["forward"]
 
@@ -112,7 +113,8 @@ async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _O
         error = ProxyError("TRACE is not allowed through this router")
         error.status = 405
         raise error
-    service, prefix = ctx.route(host, request.target)
+    route = ctx.route(host, request.target)
+    prefix = route.prefix
     client_addr = request.client[0]
     trusted = client_addr in ctx.trusted_proxies
     try:
@@ -138,7 +140,7 @@ async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _O
     no_body = declared == 0 or body.complete
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
-        tunnel = await _acquire(ctx, service, tried, body)
+        tunnel = await _acquire(ctx, route, tried, body)
         outcome.tunnel_id = tunnel.tunnel_id
         try:
             with released(ctx.registry, tunnel):
@@ -154,17 +156,17 @@ async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _O
 
 
 async def _acquire(
-    ctx: ProxyContext, service: str, exclude: set[str], body: RequestBody
+    ctx: ProxyContext, route: Route, exclude: set[str], body: RequestBody
 ) -> RouterTunnel:
     """A tunnel slot for the request; while it waits for one, a user who resets the request or
     leaves makes it give up its place (ARCHITECTURE.md, attack 1, :func:`watch_until_stream`)."""
-    acquired = ctx.registry.try_acquire(service, exclude=exclude)
+    acquired = ctx.registry.try_acquire(route, exclude=exclude)
     if acquired is not None:
         return acquired
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_until_stream, body, nursery.cancel_scope)
-            acquired = await ctx.registry.acquire(service, exclude=exclude)
+            acquired = await ctx.registry.acquire(route, exclude=exclude)
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if acquired is not None:

@@ -245,11 +245,12 @@ def _tunnel_request(ctx: ProxyContext, request: UserRequest, host: str) -> Heade
 async def _forward(
     ctx: ProxyContext, user: _User, host: str, path: bytes, outcome: _Outcome
 ) -> None:
-    service, prefix = ctx.route(host, path)
+    route = ctx.route(host, path)
+    prefix = route.prefix
     headers = _tunnel_request(ctx, user.request, host)
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
-        tunnel = await ctx.registry.acquire(service, exclude=tried)
+        tunnel = await ctx.registry.acquire(route, exclude=tried)
         outcome.tunnel_id = tunnel.tunnel_id
         try:
             with released(ctx.registry, tunnel) as slot:

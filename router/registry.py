@@ -18,8 +18,9 @@ from ptth.errors import HandshakeRefused, HeaderError, NoTunnel
 from ptth.proto.handshake import Registration
 
 from .balancer import pick
+from .identity import Identity
 from .outlier import NEUTRAL, OutlierDetector, StreamOutcome
-from .routing import RoutingTable
+from .routing import Route, RoutingTable
 
 __all__ = ["Registry", "RouterTunnel"]
 
@@ -38,6 +39,7 @@ class RouterTunnel:
     in_flight: int = 0
     served: int = 0
     registered_at: float = field(default_factory=trio.current_time)
+    identity: Identity = field(default_factory=lambda: Identity("anonymous"))
     health: OutlierDetector = field(default_factory=OutlierDetector)
 
     def in_rotation(self, now: float) -> bool:
@@ -115,7 +117,7 @@ class Registry:
 
     # -- registration ------------------------------------------------------------------------
 
-    def check(self, registration: Registration) -> None:
+    def check(self, registration: Registration, owner: str = "") -> None:
         """Raise the refusal (409, 400) a registration must get before it is accepted."""
         try:
             self.routing.check_claim(
@@ -123,6 +125,7 @@ class Registry:
                 registration.hosts,
                 registration.path_prefix,
                 trio.current_time(),
+                owner,
             )
         except HeaderError as exc:
             raise HandshakeRefused(400, str(exc)) from None
@@ -130,7 +133,12 @@ class Registry:
     def add(self, tunnel: RouterTunnel) -> None:
         reg = tunnel.registration
         self.routing.add(
-            tunnel.tunnel_id, reg.service, reg.hosts, reg.path_prefix, trio.current_time()
+            tunnel.tunnel_id,
+            reg.service,
+            reg.hosts,
+            reg.path_prefix,
+            trio.current_time(),
+            tunnel.identity.owner,
         )
         self._tunnels[tunnel.tunnel_id] = tunnel
         self._services.setdefault(reg.service, []).append(tunnel)
@@ -158,39 +166,41 @@ class Registry:
     def match(self, host: str, path: str) -> str | None:
         return self.routing.match(host, path, trio.current_time())
 
-    def route(self, host: str, path: str) -> tuple[str, str | None] | None:
-        """The service and the matched path prefix (see :meth:`RoutingTable.route`)."""
+    def route(self, host: str, path: str) -> Route | None:
+        """The service, matched prefix and claim of a request (see :meth:`RoutingTable.route`)."""
         return self.routing.route(host, path, trio.current_time())
 
-    async def acquire(self, service: str, *, exclude: set[str] | None = None) -> RouterTunnel:
+    async def acquire(self, route: Route, *, exclude: set[str] | None = None) -> RouterTunnel:
         """A tunnel with a free stream slot, waiting up to the queue timeout when all are full.
 
-        Raises :class:`NoTunnel` (503) when the service has no live tunnel or the wait ran out.
+        Raises :class:`NoTunnel` (503) when the claim has no live tunnel or the wait ran out.
         """
         with trio.move_on_after(self.queue_timeout):
             while True:
-                chosen = self.try_acquire(service, exclude=exclude)
+                chosen = self.try_acquire(route, exclude=exclude)
                 if chosen is not None:
                     return chosen
                 await self._slot_freed.wait()
-        raise NoTunnel(f"every tunnel of service {service!r} is busy")
+        raise NoTunnel(f"every tunnel of service {route.service!r} is busy")
 
-    def try_acquire(self, service: str, *, exclude: set[str] | None = None) -> RouterTunnel | None:
+    def try_acquire(self, route: Route, *, exclude: set[str] | None = None) -> RouterTunnel | None:
         """A tunnel with a free stream slot right now, or None when every one is full.
 
-        Raises :class:`NoTunnel` (503) when the service has no live tunnel.
+        Only the tunnels holding the matched claim are candidates: a tunnel of the same service
+        but another identity never serves it. Raises :class:`NoTunnel` (503) when none is live.
         """
+        holders = self.routing.holders(route.claim) if route.claim is not None else ()
         live = [
             t
-            for t in self._services.get(service, ())
+            for t in map(self._tunnels.__getitem__, holders)
             if not t.connection.draining and (not exclude or t.tunnel_id not in exclude)
         ]
         now = trio.current_time()
         pool = [t for t in live if t.in_rotation(now)]
         if not pool:
             if live:
-                raise all_ejected(service, live, now)
-            raise NoTunnel(f"no live tunnel for service {service!r}")
+                raise all_ejected(route.service, live, now)
+            raise NoTunnel(f"no live tunnel for service {route.service!r}")
         chosen = pick(pool, self._rng)
         if chosen is not None:
             chosen.in_flight += 1

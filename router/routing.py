@@ -3,18 +3,22 @@
 Pure code, no I/O: time comes in as ``now`` so grace periods are testable without a clock.
 
 A tunnel registers hosts ``H`` and a path prefix ``P``; it then *claims* every ``(h, P)`` for
-``h`` in ``H``, or ``(None, P)`` when it names no host. A claim belongs to one service; several
-tunnels of that service may hold it at once (that is the pool the balancer picks from). When the
-last tunnel holding a claim goes away the claim stays for ``grace`` seconds, still routing to its
-service, so a restarting backend makes its users see 503 (retry soon) rather than 404 (gone), and
-another service cannot grab its hosts in the meantime.
+``h`` in ``H``, or ``(None, P)`` when it names no host; a tunnel of the catch-all service that
+names neither claims ``(None, None)``, the catch-all itself. A claim belongs to one *owner* (an
+identity, ARCHITECTURE.md "Identities and claims") and one service; the tunnels of that owner
+and service that hold it are the pool the balancer picks from, so a backend of the same service
+but another identity never receives it. When the last tunnel holding a claim goes away the claim
+stays for ``grace`` seconds, still routing to its service, so a restarting backend makes its users
+see 503 (retry soon) rather than 404 (gone), and another identity cannot grab its hosts in the
+meantime. Hosts an operator assigned to an identity (``owned``) can never be claimed by another.
 
 ``match`` order (first hit wins, each stage falls through to the next):
 
 1. claims on the exact host, longest path prefix first;
 2. wildcard claims (``*.example.com``), longest host suffix first, then longest path prefix;
-3. host-less claims, longest path prefix first;
-4. ``default_service`` (``None`` turns the catch-all off, so the answer is 404).
+3. host-less claims, longest path prefix first, then the catch-all claim ``(None, None)``;
+4. ``default_service`` with no tunnel (503 until one registers; ``None`` turns the catch-all
+   off, so the answer is 404).
 
 Claims conflict only when they have the same key ``(host, prefix)``: ``a.example.com`` and
 ``*.example.com`` may belong to different services (the exact one wins), and so may ``/api`` and
@@ -29,52 +33,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ptth.errors import ConfigError, HandshakeRefused, HeaderError
+from ptth.proto.hostnames import normalize_claim, normalize_host
 
-__all__ = ["Claim", "RoutingTable", "normalize_host", "normalize_prefix"]
+__all__ = ["Claim", "Route", "RoutingTable", "normalize_host", "normalize_prefix"]
 
-# A DNS name or IPv4 address: LDH labels (underscore tolerated for internal names), no empty label.
-_NAME_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*)(?:\.[a-z0-9_][a-z0-9_-]*)*")
-# An IP literal's inside (RFC 3986 §3.2.2); zone ids and IPvFuture are not routable names.
-_IPV6_RE = re.compile(r"[0-9a-f:.]+")
-_PORT_RE = re.compile(r"[0-9]{0,5}")
 # RFC 3986 pchar without "%" (checked separately as %XX): unreserved, sub-delims, ":" and "@".
 _SEGMENT_RE = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")
-_MAX_HOST = 253  # RFC 1035 §2.3.4 name length, as text without the trailing dot
 _MAX_PREFIX = 1024
 
 # What may follow a path prefix for it to match at a segment boundary.
 _BOUNDARY = frozenset("/?#")
 
 _Key = tuple[str | None, str | None]
-
-
-def normalize_host(host: str, *, allow_wildcard: bool = False) -> str:
-    """Return the canonical form of a Host value, so equal names compare equal in dict lookups.
-
-    Lowercases, drops the port (``[::1]:8080`` -> ``[::1]``) and the trailing root dot. With
-    ``allow_wildcard`` a leading ``*.`` label is kept (for claims, never for requests). Raises
-    ``HeaderError`` (400, as RFC 9112 §3.2 requires for an invalid Host) on anything else.
-    """
-    if not host or not host.isascii():
-        raise HeaderError(f"invalid host {host!r}")
-    text = host.lower()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or not _IPV6_RE.fullmatch(text, 1, end):
-            raise HeaderError(f"invalid host {host!r}")
-        rest = text[end + 1 :]
-        if rest and not (rest[0] == ":" and _PORT_RE.fullmatch(rest, 1)):
-            raise HeaderError(f"invalid host {host!r}")
-        return text[: end + 1]
-    name, colon, port = text.partition(":")
-    if colon and not _PORT_RE.fullmatch(port):
-        raise HeaderError(f"invalid host {host!r}")
-    if name.endswith("."):
-        name = name[:-1]
-    bare = name[2:] if allow_wildcard and name.startswith("*.") else name
-    if not bare or len(name) > _MAX_HOST or not _NAME_RE.fullmatch(bare):
-        raise HeaderError(f"invalid host {host!r}")
-    return name
 
 
 def normalize_prefix(prefix: str | None) -> str | None:
@@ -106,11 +76,24 @@ class Claim:
     service: str
     tunnels: int
     expires_at: float | None  # None while a tunnel holds it; else the end of its grace period
+    owner: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes: the service, the path prefix that matched (the part a
+    ``strip_prefix`` tunnel does not see), and the claim whose tunnels serve it (``None``: the
+    catch-all service with no tunnel holding the catch-all claim)."""
+
+    service: str
+    prefix: str | None
+    claim: _Key | None
 
 
 @dataclass(slots=True)
 class _Entry:
     service: str
+    owner: str
     tunnels: set[str] = field(default_factory=set)
     expires_at: float | None = None
 
@@ -118,9 +101,10 @@ class _Entry:
 class _Prefixes:
     """The path prefixes claimed under one host (or under no host): longest match wins."""
 
-    __slots__ = ("longest_first", "services")
+    __slots__ = ("host", "longest_first", "services")
 
-    def __init__(self) -> None:
+    def __init__(self, host: str | None) -> None:
+        self.host = host  # the claim key's host: a name, "*.suffix", or None
         self.services: dict[str | None, str] = {}
         self.longest_first: list[str] = []
 
@@ -136,19 +120,18 @@ class _Prefixes:
         # Claims change rarely and requests are many: sort here, not in lookup().
         self.longest_first = sorted((p for p in self.services if p), key=len, reverse=True)
 
-    def lookup(self, path: str) -> tuple[str, str | None] | None:
-        """The service and the prefix it was matched by (``None``: the prefix-less claim)."""
+    def lookup(self, path: str) -> Route | None:
         for prefix in self.longest_first:
             if path.startswith(prefix) and (
                 len(path) == len(prefix) or path[len(prefix)] in _BOUNDARY
             ):
-                return self.services[prefix], prefix
+                return Route(self.services[prefix], prefix, (self.host, prefix))
         service = self.services.get(None)
-        return None if service is None else (service, None)
+        return None if service is None else Route(service, None, (self.host, None))
 
 
 class RoutingTable:
-    """Maps (Host, path) to a service name; see the module docstring for the rules."""
+    """Maps (Host, path) to a :class:`Route`; see the module docstring for the rules."""
 
     def __init__(self, *, default_service: str | None = "default", grace: float = 30.0) -> None:
         if not (math.isfinite(grace) and grace >= 0):
@@ -159,18 +142,36 @@ class RoutingTable:
         self._tunnels: dict[str, tuple[str, tuple[_Key, ...]]] = {}
         self._exact: dict[str, _Prefixes] = {}
         self._wild: dict[str, _Prefixes] = {}  # keyed by the suffix with its dot: ".example.com"
-        self._hostless = _Prefixes()
+        self._hostless = _Prefixes(None)
         self._next_expiry = float("inf")
+        self._owned: dict[str, str] = {}
+
+    def set_owned(self, owned: dict[str, str]) -> None:
+        """Hosts (canonical, exact) that belong to one owner whatever is connected (the tokens
+        file's exact host names): every other owner's claim on them is refused."""
+        self._owned = dict(owned)
+
+    def keys_for(
+        self, service: str, hosts: Sequence[str], path_prefix: str | None
+    ) -> tuple[_Key, ...]:
+        """The claim keys one registration makes, normalised and without duplicates."""
+        return _keys(hosts, path_prefix, catch_all=service == self.default_service)
 
     def check_claim(
-        self, service: str, hosts: Sequence[str], path_prefix: str | None, now: float
+        self,
+        service: str,
+        hosts: Sequence[str],
+        path_prefix: str | None,
+        now: float,
+        owner: str = "",
     ) -> None:
-        """Refuse (409) a registration whose claims another service holds, live or in grace.
+        """Refuse (409) a registration whose claims another owner or service holds, live or in
+        grace, or that names a host owned by another identity.
 
-        Called before answering the upgrade, so the backend gets a real refusal it will not retry.
+        Called before answering the upgrade, so the backend gets a real refusal.
         Raises ``HeaderError`` if a host or the prefix is malformed.
         """
-        self._check(service, _keys(hosts, path_prefix), now)
+        self._check(service, owner, self.keys_for(service, hosts, path_prefix), now)
 
     def add(
         self,
@@ -179,6 +180,7 @@ class RoutingTable:
         hosts: Sequence[str],
         path_prefix: str | None,
         now: float,
+        owner: str = "",
     ) -> None:
         """Record a live tunnel's claims; re-checks conflicts so the table never holds two owners.
 
@@ -186,12 +188,12 @@ class RoutingTable:
         """
         if tunnel_key in self._tunnels:
             raise ValueError(f"tunnel {tunnel_key!r} is already in the routing table")
-        keys = _keys(hosts, path_prefix)
-        self._check(service, keys, now)
+        keys = self.keys_for(service, hosts, path_prefix)
+        self._check(service, owner, keys, now)
         for key in keys:
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[key] = _Entry(service)
+                entry = self._entries[key] = _Entry(service, owner)
                 self._index(key).put(key[1], service)
             entry.tunnels.add(tunnel_key)
             entry.expires_at = None
@@ -216,6 +218,11 @@ class RoutingTable:
             else:
                 self._forget(key)
 
+    def holders(self, claim: _Key) -> frozenset[str] | set[str]:
+        """The tunnels holding a claim right now (empty during its grace period)."""
+        entry = self._entries.get(claim)
+        return entry.tunnels if entry is not None else frozenset()
+
     def match(self, host: str, path: str, now: float) -> str | None:
         """Return the service for a request, or ``None`` (404).
 
@@ -224,11 +231,10 @@ class RoutingTable:
         query allowed). Raises ``HeaderError`` for a malformed host.
         """
         found = self.route(host, path, now)
-        return None if found is None else found[0]
+        return None if found is None else found.service
 
-    def route(self, host: str, path: str, now: float) -> tuple[str, str | None] | None:
-        """Like :meth:`match`, with the path prefix of the claim that matched (``None`` for a
-        prefix-less claim or the catch-all): the part a ``strip_prefix`` tunnel does not see."""
+    def route(self, host: str, path: str, now: float) -> Route | None:
+        """Like :meth:`match`, with the matched prefix and claim (see :class:`Route`)."""
         if now >= self._next_expiry:
             self._purge(now)
         if host:
@@ -250,27 +256,38 @@ class RoutingTable:
         found = self._hostless.lookup(path)
         if found is not None:
             return found
-        return None if self.default_service is None else (self.default_service, None)
+        return None if self.default_service is None else Route(self.default_service, None, None)
 
     def claims(self, now: float) -> list[Claim]:
         """Snapshot every claim still in force, sorted by host then prefix."""
         if now >= self._next_expiry:
             self._purge(now)
         rows = [
-            Claim(key[0], key[1], entry.service, len(entry.tunnels), entry.expires_at)
+            Claim(key[0], key[1], entry.service, len(entry.tunnels), entry.expires_at, entry.owner)
             for key, entry in self._entries.items()
         ]
         rows.sort(key=lambda c: (c.host or "", c.path_prefix or ""))
         return rows
 
-    def _check(self, service: str, keys: tuple[_Key, ...], now: float) -> None:
+    def _check(self, service: str, owner: str, keys: tuple[_Key, ...], now: float) -> None:
         if now >= self._next_expiry:
             self._purge(now)
         for key in keys:
+            host, prefix = key
+            where = f"host {host}" if host else "host-less claim"
+            if prefix is None and host is None:
+                where = "the catch-all"
+            held_by = self._owned.get(host) if host is not None else None
+            if held_by is not None and held_by != owner:
+                raise HandshakeRefused(409, f"{where} belongs to another identity")
             entry = self._entries.get(key)
-            if entry is not None and entry.service != service:
-                host, prefix = key
-                where = f"host {host}" if host else "host-less claim"
+            if entry is None:
+                continue
+            if entry.owner != owner:
+                raise HandshakeRefused(
+                    409, f"{where} with path prefix {prefix or '/'} is held by another identity"
+                )
+            if entry.service != service:
                 raise HandshakeRefused(
                     409,
                     f"{where} with path prefix {prefix or '/'} is held by service "
@@ -284,7 +301,7 @@ class RoutingTable:
         table, name = (self._wild, host[1:]) if host.startswith("*.") else (self._exact, host)
         prefixes = table.get(name)
         if prefixes is None:
-            prefixes = table[name] = _Prefixes()
+            prefixes = table[name] = _Prefixes(host)
         return prefixes
 
     def _forget(self, key: _Key) -> None:
@@ -313,12 +330,16 @@ class RoutingTable:
         )
 
 
-def _keys(hosts: Sequence[str], path_prefix: str | None) -> tuple[_Key, ...]:
+def _keys(
+    hosts: Sequence[str], path_prefix: str | None, *, catch_all: bool = False
+) -> tuple[_Key, ...]:
     """The claim keys one registration makes, normalised and without duplicates."""
     prefix = normalize_prefix(path_prefix)
     if isinstance(hosts, str):  # a bare string would claim each of its characters
         raise TypeError("hosts must be a sequence of host names, not a string")
     if not hosts:
-        return () if prefix is None else ((None, prefix),)
-    names = dict.fromkeys(normalize_host(h, allow_wildcard=True) for h in hosts)
+        if prefix is None:
+            return ((None, None),) if catch_all else ()
+        return ((None, prefix),)
+    names = dict.fromkeys(normalize_claim(h) for h in hosts)
     return tuple((name, prefix) for name in names)

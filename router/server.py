@@ -92,8 +92,9 @@ class Router:
         self._shutdown.set()
 
     def reload(self) -> None:
-        """SIGHUP: reload what can change without a restart (the TLS certificate)."""
+        """SIGHUP: reload what can change without a restart (TLS certificate, tokens file)."""
         self.front.reload_tls()
+        self.listener.reload_tokens()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[RouterAddresses] = trio.TASK_STATUS_IGNORED

@@ -1,14 +1,19 @@
 """The tunnel port: handshake each backend connection, then run it as an HTTP/2 client tunnel.
 
-A connection that sends garbage, nothing (handshake deadline), or an oversized head is answered
-(when possible) and closed; nothing it does reaches the rest of the router.
+A connection that sends garbage (400), nothing (408 at the handshake deadline), or an oversized
+head (431) is answered and closed; nothing it does reaches the rest of the router. Admission
+(ARCHITECTURE.md, "Admission on the tunnel port") caps connections still in their handshake,
+router-wide and per client address (503 + Retry-After at once), and throttles failed
+authentications per address (429 + Retry-After), so no stranger can lock backends out.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
+import math
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import anyio.abc
@@ -19,24 +24,41 @@ from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
 from ptth.proto.handshake import Registration, ServerHandshake
 
 from .config import RouterConfig
+from .identity import Authorizer, Identity, reserved_hosts
 from .outlier import OutlierDetector, OutlierPolicy
 from .registry import Registry, RouterTunnel
+from .tokens import TokenBook, load_tokens
+from .tunnel_admission import TunnelAdmission
+from .tunnel_tls import TunnelTLSAttribute
 
 __all__ = ["TunnelListener"]
 
 log = logging.getLogger("router.tunnel")
+# Failed authentications, throttling and full admission caps: what an operator watches for.
+security = logging.getLogger("router.security")
 
 SETTINGS_TIMEOUT = 10.0
+# A refusal is a few hundred bytes: a peer that does not take them in this long is dropped.
+REFUSAL_WRITE_TIMEOUT = 2.0
+# After a refusal, how long (and how much) we read what the peer still sends before closing;
+# closing with unread bytes would reset the connection and could destroy the refusal unread.
+REFUSAL_LINGER = 1.0
+REFUSAL_LINGER_BYTES = 64 * 1024
+# Refusals at a full admission cap are logged at most this often (an attack makes thousands).
+CAP_LOG_INTERVAL = 10.0
+# Seconds a drained backend has, after its last stream, to close the connection itself.
 PEER_CLOSE_GRACE = 1.0
 
 
-def token_matches(expected: str | None, given: str | None) -> bool:
-    """Constant-time comparison (ARCHITECTURE.md, attack 20); no token configured: all pass."""
-    if expected is None:
-        return True
-    if given is None:
-        return False
-    return hmac.compare_digest(expected.encode(), given.encode())
+def _client_ip(stream: anyio.abc.ByteStream) -> str:
+    """The client's address without the port: what admission counts per (tunnel_admission)."""
+    try:
+        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except (OSError, anyio.TypedAttributeLookupError):
+        return "?"
+    if isinstance(address, tuple):
+        return str(address[0])
+    return str(address)
 
 
 def _peer(stream: anyio.abc.ByteStream) -> str:
@@ -55,28 +77,59 @@ class TunnelListener:
         self.registry = registry
         self.draining = False
         self.connections: set[Connection] = set()
-        self._pending = 0
+        self.admission = TunnelAdmission(
+            max_pending=config.max_pending_handshakes,
+            max_pending_per_address=config.max_pending_per_address,
+            auth_failure_rate=config.auth_failure_rate,
+            auth_failure_burst=config.auth_failure_burst,
+            retry_after=max(1.0, config.handshake_timeout),
+        )
+        self.tokens: TokenBook | None = load_tokens(config.tokens) if config.tokens else None
+        self.authorizer = self._authorizer()
+        self._revoked: dict[str, anyio.Event] = {}
+        self._cap_refusals = 0
+        self._cap_logged_at = -math.inf
 
     async def handle(self, stream: anyio.abc.ByteStream) -> None:
-        """One accepted socket (the tunnel port listener's handler)."""
-        peer = _peer(stream)
-        if self._pending >= self.config.max_pending_handshakes:
-            log.warning("tunnel port: too many pending handshakes; dropping %s", peer)
+        """One accepted socket (the tunnel port listener's handler; each runs in its own task).
+
+        The socket is closed on every way out, cancellation included (router shutdown).
+        """
+        try:
+            await self._admit(stream)
+        finally:
             await anyio.aclose_forcefully(stream)
+
+    async def _admit(self, stream: anyio.abc.ByteStream) -> None:
+        peer = _peer(stream)
+        address = _client_ip(stream)
+        refusal = self.admission.enter(address)
+        if refusal is not None:
+            # Answered at once, head unread: a full cap costs the router one short write, and
+            # the helper gets a status and a Retry-After to act on instead of a bare close.
+            self._log_cap_refusal(peer, refusal.reason)
+            response = ServerHandshake().refuse(
+                refusal.status, refusal.reason, retry_after=refusal.retry_after
+            )
+            await self._refuse(stream, response)
             return
-        self._pending += 1
         try:
             result = await self._handshake(stream, peer)
         finally:
-            self._pending -= 1
+            self.admission.leave(address)  # a refusal being written holds no pending slot
+        if isinstance(result, bytes):
+            await self._refuse(stream, result)
+            return
         if result is None:
             return
-        registration, trailing, tunnel_id = result
-        await self._run_tunnel(stream, peer, registration, trailing, tunnel_id)
+        registration, identity, trailing, tunnel_id = result
+        await self._run_tunnel(stream, peer, registration, identity, trailing, tunnel_id)
 
     async def _handshake(
         self, stream: anyio.abc.ByteStream, peer: str
-    ) -> tuple[Registration, bytes, str] | None:
+    ) -> tuple[Registration, Identity, bytes, str] | bytes | None:
+        """The registration (with bytes past the head and the tunnel id) once the 101 is sent;
+        else the refusal to send (bytes), or None when the peer is already gone."""
         handshake = ServerHandshake()
         try:
             with anyio.fail_after(self.config.handshake_timeout):
@@ -87,7 +140,8 @@ class TunnelListener:
                     except anyio.EndOfStream:
                         data = b""  # the parser reports the close
                     registration = handshake.receive(data)
-                self._authorize(registration)
+                with self._auth_throttle(peer, _client_ip(stream)):
+                    registration, identity = self._authorize(registration, stream, peer)
                 tunnel_id = secrets.token_hex(6)
                 await stream.send(
                     handshake.accept(
@@ -96,43 +150,193 @@ class TunnelListener:
                         max_streams=self.config.max_streams_per_tunnel,
                     )
                 )
-            return registration, handshake.trailing, tunnel_id
+            return registration, identity, handshake.trailing, tunnel_id
         except HandshakeRefused as exc:
-            log.info("tunnel port: refused %s: %s %s", peer, exc.status, exc.reason)
-            retry_after = 5 if exc.status == 503 else None
-            await self._refuse(
-                stream, handshake.refuse(exc.status, exc.reason, retry_after=retry_after)
+            # A throttled address's 429s are counted by the throttle's own line, not each logged.
+            log.log(
+                logging.DEBUG if exc.status == 429 else logging.INFO,
+                "tunnel port: refused %s: %s %s",
+                peer,
+                exc.status,
+                exc.reason,
             )
+            retry_after = exc.retry_after
+            if retry_after is None and exc.status == 503:
+                retry_after = 5
+            return handshake.refuse(exc.status, exc.reason, retry_after=retry_after)
         except HandshakeError as exc:
             log.info("tunnel port: bad handshake from %s: %s", peer, exc)
-            await self._refuse(stream, handshake.refuse(exc.status, str(exc)))
+            return handshake.refuse(exc.status, str(exc))
         except TimeoutError:
-            log.info(
-                "tunnel port: %s sent no complete handshake in %.0f s",
-                peer,
-                self.config.handshake_timeout,
-            )
-            await anyio.aclose_forcefully(stream)
+            timeout = self.config.handshake_timeout
+            log.info("tunnel port: %s sent no complete handshake in %g s; 408", peer, timeout)
+            return handshake.refuse(408, f"no complete handshake within {timeout:g} s")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             log.info("tunnel port: %s went away during the handshake: %r", peer, exc)
             await anyio.aclose_forcefully(stream)
         return None
 
-    def _authorize(self, registration: Registration) -> None:
+    def _authorize(
+        self, registration: Registration, stream: anyio.abc.ByteStream, peer: str
+    ) -> tuple[Registration, Identity]:
+        """Who the backend is and whether it may claim what it asks (ARCHITECTURE.md,
+        "Identities and claims"): 401, 403, 409 or 503; the registration as granted."""
         if self.draining:
             raise HandshakeRefused(503, "router is draining; retry later")
-        if not token_matches(self.config.token, registration.token):
-            raise HandshakeRefused(401, "missing or invalid bearer token")
+        fingerprint = stream.extra(TunnelTLSAttribute.client_key_sha256, None)
+        identity = self.authorizer.identify(registration.token, fingerprint)
+        try:
+            granted = self.authorizer.authorize(identity, registration)
+        except HandshakeRefused as exc:
+            if exc.status == 403:
+                security.warning(
+                    "tunnel port: %s (identity %s) refused: %s", peer, identity.owner, exc.reason
+                )
+            raise
         if len(self.registry.tunnels()) >= self.config.max_tunnels:
             raise HandshakeRefused(503, "router has reached its tunnel limit")
-        self.registry.check(registration)
+        try:
+            self.registry.check(granted, identity.owner)
+        except HandshakeRefused as exc:
+            if exc.status == 409:
+                security.warning(
+                    "tunnel port: %s (identity %s, service %s) refused: %s",
+                    peer,
+                    identity.owner,
+                    granted.service,
+                    exc.reason,
+                )
+            raise
+        return granted, identity
+
+    def _authorizer(self) -> Authorizer:
+        cfg = self.config
+        reserved = reserved_hosts((cfg.http, cfg.tunnel), cfg.reserved_hosts, cfg.domain)
+        authorizer = Authorizer(
+            token=cfg.token, tokens=self.tokens, domain=cfg.domain, reserved=reserved
+        )
+        owned = self.tokens.owned_hosts() if self.tokens is not None else {}
+        self.registry.routing.set_owned({h: f"token:{name}" for h, name in owned.items()})
+        return authorizer
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: read the tokens file again. Tunnels whose identity is gone, whose token
+        changed, or whose claims the new file no longer allows are drained and closed; every
+        other tunnel stays. A file that does not load is logged and the old one kept."""
+        if self.config.tokens is None:
+            return
+        try:
+            self.tokens = load_tokens(self.config.tokens)
+        except PTTHError as exc:
+            log.error("tokens file not reloaded (keeping the previous one): %s", exc)
+            return
+        self.authorizer = self._authorizer()
+        kept = 0
+        for tunnel in self.registry.tunnels():
+            reason = self._still_allowed(tunnel)
+            if reason is None:
+                kept += 1
+                continue
+            security.warning(
+                "tunnel %s (identity %s, instance %s): revoked by the new tokens file (%s); "
+                "draining it",
+                tunnel.tunnel_id,
+                tunnel.identity.owner,
+                tunnel.registration.instance or "-",
+                reason,
+            )
+            self.registry.remove(tunnel)
+            event = self._revoked.get(tunnel.tunnel_id)
+            if event is not None:
+                event.set()
+        log.info("tokens file reloaded: %d identities; %d tunnels kept", len(self.tokens), kept)
+
+    def _still_allowed(self, tunnel: RouterTunnel) -> str | None:
+        """Why the new tokens file refuses this live tunnel, or None if it may stay."""
+        fingerprint = tunnel.identity.fingerprint
+        try:
+            identity = self.authorizer.identify(tunnel.registration.token, fingerprint)
+            self.authorizer.authorize(identity, tunnel.registration)
+        except HandshakeRefused as exc:
+            return exc.reason
+        if identity.owner != tunnel.identity.owner:
+            return f"now identity {identity.owner}"
+        return None
+
+    @contextmanager
+    def _auth_throttle(self, peer: str, address: str) -> Iterator[None]:
+        """Around ``_authorize``: 429 for an address out of attempts before its token is even
+        looked at; each 401 spends one of its attempts (ARCHITECTURE.md, "Admission on the
+        tunnel port"). Failures are logged on ``router.security``, never with the token."""
+        now = anyio.current_time()
+        throttled = self.admission.throttled(address, now)
+        if throttled is not None:
+            raise throttled
+        try:
+            yield
+        except HandshakeRefused as exc:
+            if exc.status in (401, 403):
+                security.warning(
+                    "tunnel port: failed authentication from %s: %d %s",
+                    peer,
+                    exc.status,
+                    exc.reason,
+                )
+            if exc.status == 401:
+                throttled_for = self.admission.failed(address, now)
+                if throttled_for is not None:
+                    security.warning(
+                        "tunnel port: %s throttled after repeated failed authentications: "
+                        "its handshakes get 429 for %.0f s (then %g attempts per second)",
+                        address,
+                        throttled_for,
+                        self.config.auth_failure_rate,
+                    )
+            raise
+
+    def _log_cap_refusal(self, peer: str, reason: str) -> None:
+        """One line per CAP_LOG_INTERVAL however many connections a full cap turns away."""
+        self._cap_refusals += 1
+        now = anyio.current_time()
+        if now - self._cap_logged_at < CAP_LOG_INTERVAL:
+            return
+        security.warning(
+            "tunnel port: 503 to %s: %s (%d such refusal(s) since the last line; %d handshakes "
+            "pending)",
+            peer,
+            reason,
+            self._cap_refusals,
+            self.admission.pending,
+        )
+        self._cap_refusals = 0
+        self._cap_logged_at = now
 
     async def _refuse(self, stream: anyio.abc.ByteStream, response: bytes) -> None:
-        with anyio.move_on_after(2):
+        """Send a refusal and close, bounded in time whatever the peer does.
+
+        After the response we half-close and read (and drop) what the peer still sends until it
+        closes too: closing with unread bytes makes the kernel send a RST, which can destroy
+        the refusal before the peer has read it (RFC 9112, section 9.6, on closing).
+        """
+        with anyio.move_on_after(REFUSAL_WRITE_TIMEOUT + REFUSAL_LINGER):
             try:
-                await stream.send(response)
-                await stream.send_eof()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                with anyio.fail_after(REFUSAL_WRITE_TIMEOUT):
+                    await stream.send(response)
+                with anyio.move_on_after(REFUSAL_LINGER):
+                    try:
+                        await stream.send_eof()
+                    except NotImplementedError:  # TLS before 1.3 cannot half-close
+                        pass
+                    drained = 0
+                    while drained < REFUSAL_LINGER_BYTES:
+                        drained += len(await stream.receive(16384))
+            except (
+                TimeoutError,
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                OSError,
+            ):
                 pass
         await anyio.aclose_forcefully(stream)
 
@@ -141,6 +345,7 @@ class TunnelListener:
         stream: anyio.abc.ByteStream,
         peer: str,
         registration: Registration,
+        identity: Identity,
         trailing: bytes,
         tunnel_id: str,
     ) -> None:
@@ -159,6 +364,7 @@ class TunnelListener:
             connection=connection,
             peer=peer,
             stream_cap=cfg.max_streams_per_tunnel,
+            identity=identity,
             health=OutlierDetector(
                 OutlierPolicy(cfg.outlier_failures, cfg.outlier_ejection, cfg.outlier_max_ejection)
             ),
@@ -191,21 +397,24 @@ class TunnelListener:
                     )
                 log.info(
                     "tunnel %s: registered service=%s hosts=%s prefix=%s weight=%g "
-                    "instance=%s peer=%s max_streams=%d",
+                    "instance=%s identity=%s peer=%s max_streams=%d",
                     tunnel_id,
                     registration.service,
                     ",".join(registration.hosts) or "-",
                     registration.path_prefix or "-",
                     registration.weight,
                     registration.instance or "-",
+                    identity.owner,
                     peer,
                     tunnel.max_streams,
                 )
                 nursery.start_soon(self._watch_drain, tunnel)
+                nursery.start_soon(self._watch_revocation, tunnel)
                 await connection.wait_closed()
                 nursery.cancel_scope.cancel()
         finally:
             self.registry.remove(tunnel)
+            self._revoked.pop(tunnel_id, None)
             self.connections.discard(connection)
             log.info(
                 "tunnel %s: lost (%s); served %d",
@@ -252,6 +461,13 @@ class TunnelListener:
                 tunnel.tunnel_id,
             )
         await connection.drain(0)
+
+    async def _watch_revocation(self, tunnel: RouterTunnel) -> None:
+        """A tunnel revoked by a tokens reload finishes its streams (up to the drain timeout),
+        then its connection is closed."""
+        event = self._revoked[tunnel.tunnel_id] = anyio.Event()
+        await event.wait()
+        await tunnel.connection.drain(self.config.drain_timeout)
 
     async def drain(self) -> None:
         """Router shutdown: refuse new tunnels, GOAWAY every tunnel, wait, close."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import h11
 
-from ..errors import HandshakeError, HandshakeRefused
+from ..errors import HandshakeError, HandshakeRefused, HeaderError
+from .hostnames import normalize_claim
 
 __all__ = [
     "MAX_HEAD_SIZE",
@@ -106,6 +107,14 @@ def _bad(reason: str) -> HandshakeError:
     err = HandshakeError(reason)
     err.status = 400
     return err
+
+
+def _claims(hosts: list[str]) -> tuple[str, ...]:
+    """Claimed hosts in canonical form (case, trailing dot, port, IDNA; ptth.proto.hostnames)."""
+    try:
+        return tuple(dict.fromkeys(normalize_claim(h) for h in hosts))
+    except HeaderError as exc:
+        raise _bad(f"invalid host claim: {exc}") from None
 
 
 def _split_list(value: str) -> list[str]:
@@ -319,7 +328,7 @@ class ServerHandshake:
             raise _bad(f"Ptth-Strip-Prefix must be 0 or 1, got {strip_text!r}")
         registration = Registration(
             service=one(b"ptth-service") or "default",
-            hosts=tuple(h.lower().rstrip(".") for h in _split_list(hosts_text)),
+            hosts=_claims(_split_list(hosts_text)),
             path_prefix=one(b"ptth-path-prefix") or None,
             weight=weight,
             instance=one(b"ptth-instance") or "",

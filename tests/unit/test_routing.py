@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from ptth.errors import ConfigError, HandshakeRefused, HeaderError
-from router.routing import Claim, RoutingTable, normalize_host, normalize_prefix
+from router.routing import Claim, Route, RoutingTable, normalize_host, normalize_prefix
 
 # --- normalize_host ----------------------------------------------------------------------------
 
@@ -280,11 +280,23 @@ def test_match_rejects_a_malformed_host() -> None:
         RoutingTable().match("evil.com\r\nX: y", "/", 0)
 
 
-def test_tunnel_without_claims_is_only_reachable_as_catch_all() -> None:
+def test_catch_all_tunnel_holds_the_catch_all_claim() -> None:
+    # A tunnel of the catch-all service naming no host and no prefix claims (None, None): the
+    # catch-all belongs to an identity like every other claim (ARCHITECTURE.md).
     table = RoutingTable(default_service="default")
-    table.add("t1", "default", [], None, 0)
+    table.add("t1", "default", [], None, 0, owner="alice")
+    assert table.claims(0) == [Claim(None, None, "default", 1, None, "alice")]
+    route = table.route("any.host", "/p", 0)
+    assert route is not None and route.claim == (None, None) and route.service == "default"
+    assert table.holders((None, None)) == {"t1"}
+
+
+def test_tunnel_of_another_service_without_claims_holds_nothing() -> None:
+    table = RoutingTable(default_service="default")
+    table.add("t1", "other", [], None, 0)
     assert table.claims(0) == []
-    assert table.match("any.host", "/p", 0) == "default"
+    route = table.route("any.host", "/p", 0)
+    assert route == Route("default", None, None)  # the catch-all service, with no tunnel
 
 
 # --- claims and conflicts ----------------------------------------------------------------------
@@ -546,10 +558,15 @@ def test_route_names_the_prefix_that_matched() -> None:
     table.add("t2", "api", ["h.example"], "/api", 0)
     table.add("t3", "api", ["h.example"], "/api/v2", 0)
     table.add("t4", "web", ["w.example"], None, 0)
-    assert table.route("x.example", "/chat/count?q=1", 0) == ("chat", "/chat")
-    assert table.route("x.example", "/chat", 0) == ("chat", "/chat")
-    assert table.route("h.example", "/api/v2/x", 0) == ("api", "/api/v2")  # longest first
-    assert table.route("h.example", "/api?x", 0) == ("api", "/api")
-    assert table.route("w.example", "/chatx", 0) == ("web", None)  # a claim without a prefix
-    assert table.route("x.example", "/chatx", 0) == ("site", None)  # the catch-all
+    def route(host: str, path: str) -> tuple[str, str | None]:
+        found = table.route(host, path, 0)
+        assert found is not None
+        return found.service, found.prefix
+
+    assert route("x.example", "/chat/count?q=1") == ("chat", "/chat")
+    assert route("x.example", "/chat") == ("chat", "/chat")
+    assert route("h.example", "/api/v2/x") == ("api", "/api/v2")  # longest first
+    assert route("h.example", "/api?x") == ("api", "/api")
+    assert route("w.example", "/chatx") == ("web", None)  # a claim without a prefix
+    assert route("x.example", "/chatx") == ("site", None)  # the catch-all
     assert RoutingTable(default_service=None).route("x.example", "/", 0) is None
