@@ -61,7 +61,10 @@ class Authorizer:
         self.token = token
         self.tokens = tokens
         self.domain = normalize_claim(domain) if domain else None
-        self.reserved = frozenset(normalize_claim(h) for h in reserved)
+        names = {normalize_claim(h) for h in reserved}
+        if self.domain is not None:
+            names.add(self.domain)  # the router's own name under which keys get theirs
+        self.reserved = frozenset(names)
 
     @property
     def requires_token(self) -> bool:
