@@ -126,3 +126,20 @@ def test_a_key_never_gets_another_keys_name(fp1: bytes, fp2: bytes) -> None:
         return
     with pytest.raises(HandshakeRefused):
         auth.authorize(second, Registration(hosts=(name,)))
+
+
+def test_the_example_tokens_file_loads_and_means_what_it_says() -> None:
+    from pathlib import Path
+
+    from router.tokens import load_tokens
+
+    tokens = load_tokens(str(Path(__file__).parents[2] / "examples" / "tokens.toml"))
+    auth = Authorizer(tokens=tokens)
+    team = auth.identify("api-team-token-change-me", None)
+    assert team.owner == "token:api-team"
+    auth.authorize(team, Registration(service="api", hosts=("v1.api.example.com",)))
+    assert (
+        refused(auth, team, Registration(service="web", hosts=("api.example.com",))).status == 403
+    )
+    assert tokens.owned_hosts() == {"api.example.com": "api-team"}
+    assert auth.identify("ops-token-change-me", None).owner == "token:ops"
