@@ -36,13 +36,15 @@ import ptth
 from ptth import BackendOptions
 from ptth.errors import HandshakeRefused
 from ptth.proto.handshake import Accepted, ClientHandshake, Registration
-from ptth.types import ASGIApp
+from ptth.types import ASGIApp, Receive, Scope, Send
 from router.registry import RouterTunnel
 from tests.support import (
     RunningBackend,
     RunningRouter,
     child,
     make_hello_app,
+    read_body,
+    serve_lifespan,
     start_backend,
     start_router,
 )
@@ -406,4 +408,259 @@ async def test_python_m_ptth_exits_2_on_a_403_naming_the_reason() -> None:
                 "not retrying: check that the token may claim this service and these hosts"
                 in proc.text()
             )
+        nursery.cancel_scope.cancel()
+
+
+# -- 4: routing precedence by specificity ----------------------------------------------------
+
+
+async def test_routing_precedence_is_by_specificity() -> None:
+    """One backend per level; each request hits the most specific level that matches it."""
+    levels: list[tuple[str, dict[str, Any]]] = [
+        ("exact-longest", {"hosts": ["app.test"], "path_prefix": "/api/v2"}),
+        ("exact-prefix", {"hosts": ["app.test"], "path_prefix": "/api"}),
+        ("exact", {"hosts": ["app.test"]}),
+        ("wild-longest", {"hosts": ["*.deep.test"]}),
+        ("wild", {"hosts": ["*.test"]}),
+        ("prefix", {"path_prefix": "/api"}),
+        ("default", {}),
+    ]
+    expected = [
+        ("app.test", "/api/v2/x", "exact-longest"),
+        ("APP.test:80", "/api/v2", "exact-longest"),
+        ("app.test", "/api/v3", "exact-prefix"),
+        ("app.test", "/api", "exact-prefix"),
+        ("app.test", "/apiary", "exact"),  # prefixes match whole segments only
+        ("app.test", "/", "exact"),
+        ("x.deep.test", "/api/v2", "wild-longest"),  # a wildcard beats a host-less prefix
+        ("deep.test", "/", "wild"),  # *.deep.test does not cover deep.test itself
+        ("zzz.test", "/api", "wild"),
+        ("a.b.test", "/", "wild"),
+        ("other.example", "/api/v2", "prefix"),
+        ("other.example", "/apiary", "default"),
+        ("other.example", "/", "default"),
+    ]
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        backends = []
+        for name, claim in levels:
+            service = "default" if name == "default" else name
+            backends.append(await backend(nursery, router, name, service=service, **claim))
+        async with httpx.AsyncClient(base_url=router.url, timeout=5) as client:
+            answers = [(host, path, await who(client, host, path)) for host, path, _ in expected]
+        assert answers == expected
+        for handle in backends:
+            await handle.stop()
+        nursery.cancel_scope.cancel()
+
+
+# -- 5: host names in one canonical form -----------------------------------------------------
+
+
+async def test_claims_and_requests_meet_in_one_canonical_host_form() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        await backend(nursery, router, "upper", service="upper", hosts=["API.Test."])
+        await backend(nursery, router, "port", service="port", hosts=["api2.test:8080"])
+        await backend(nursery, router, "idna", service="idna", hosts=["bücher.test"])
+        assert tunnels_of(router, "idna")[0].registration.hosts == ("xn--bcher-kva.test",)
+        async with httpx.AsyncClient(base_url=router.url, timeout=5) as client:
+            for host in ("api.test", "API.TEST", "api.test.", "api.test:8888"):
+                assert await who(client, host) == "upper", host
+            for host in ("api2.test", "api2.test:8080", "Api2.Test:1"):
+                assert await who(client, host) == "port", host
+            for host in ("xn--bcher-kva.test", "XN--BCHER-KVA.TEST."):
+                assert await who(client, host) == "idna", host
+        nursery.cancel_scope.cancel()
+
+
+async def raw_registration(router: RunningRouter, hosts: str) -> bytes:
+    """The router's answer head to a hand-written upgrade claiming ``hosts`` verbatim (the helper
+    would have normalised them itself)."""
+    host, _, port = router.tunnel.rpartition(":")
+    request = (
+        f"POST /.well-known/ptth HTTP/1.1\r\nHost: {router.tunnel}\r\nConnection: Upgrade\r\n"
+        f"Upgrade: reverse\r\nALPN: h2\r\nContent-Length: 0\r\nPtth-Service: raw\r\n"
+        f"Ptth-Hosts: {hosts}\r\n\r\n"
+    ).encode()
+    head = b""
+    with trio.fail_after(5):
+        async with await anyio.connect_tcp(host, int(port)) as sock:
+            await sock.send(request)
+            while b"\r\n\r\n" not in head:
+                head += await sock.receive(65536)
+    return head.partition(b"\r\n\r\n")[0]
+
+
+async def test_the_router_normalises_claims_it_receives_verbatim() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        head = await raw_registration(router, "API.Test., api3.test:8080, XN--BCHER-KVA.test")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        assert b"\r\nPtth-Hosts: api.test, api3.test, xn--bcher-kva.test" in head, head
+        head = await raw_registration(router, "xn--zz.test")  # an A-label that does not decode
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        nursery.cancel_scope.cancel()
+
+
+async def test_tokens_file_patterns_are_normalised_like_claims(tmp_path: Path) -> None:
+    entry = {"name": "books", "token": ALICE, "services": ["api"], "hosts": ["BÜCHER.Test."]}
+    tokens = write_tokens(tmp_path / "tokens.toml", entry, bob())
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tokens=tokens)
+        await backend(nursery, router, "books", token=ALICE, hosts=["bücher.test"])
+        refusal = await refused_by_router(
+            router, service="api", hosts=("xn--bcher-kva.test",), token=BOB
+        )
+        assert (refusal.status, refusal.reason) == (
+            409,
+            "host xn--bcher-kva.test belongs to another identity",
+        )
+        async with httpx.AsyncClient(base_url=router.url, timeout=5) as client:
+            assert await who(client, "xn--bcher-kva.test") == "books"
+        nursery.cancel_scope.cancel()
+
+
+# -- 6: SIGHUP reloads the tokens file -------------------------------------------------------
+
+
+def slow_app(name: str, started: trio.Event) -> ASGIApp:
+    """``/slow`` answers after 0.5 s (``started`` set when it begins); anything else at once."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        await read_body(receive)
+        if scope["path"] == "/slow":
+            started.set()
+            await trio.sleep(0.5)
+        headers = [(b"content-type", b"text/plain"), (b"x-backend", name.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    return app
+
+
+async def wait_done(handle: RunningBackend, timeout: float = 5) -> BaseException | None:
+    with trio.fail_after(timeout):
+        await handle.done.wait()
+    return handle.error
+
+
+async def test_reload_revokes_a_removed_identity_after_its_streams_and_keeps_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens.toml"
+    tokens = write_tokens(path, alice(), bob(["bob.test"]))
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tokens=tokens, grace=5)
+        owner = await backend(nursery, router, "alice", token=ALICE, hosts=["api.test"])
+        started = trio.Event()
+        revoked = await backend(
+            nursery, router, "bob", slow_app("bob", started), token=BOB, hosts=["bob.test"]
+        )
+        alice_id, bob_id = tunnel_id(router, "alice"), tunnel_id(router, "bob")
+        async with httpx.AsyncClient(base_url=router.url, timeout=5) as client:
+            slow: list[httpx.Response] = []
+
+            async def fetch_slow() -> None:
+                slow.append(await client.get("/slow", headers={"host": "bob.test"}))
+
+            async with trio.open_nursery() as requests:
+                requests.start_soon(fetch_slow)
+                with trio.fail_after(5):
+                    await started.wait()
+                write_tokens(path, alice())
+                router.router.reload()
+                # Out of rotation at once; its request in flight still finishes.
+                assert not tunnels_of(router, "bob")
+                assert await who(client, "bob.test") == "503"
+            [response] = slow
+            assert (response.status_code, response.text) == (200, "/slow")
+            assert response.headers["x-backend"] == "bob"
+            # Then the tunnel is closed; bob's helper comes back with a token the file no
+            # longer has: 401, which it does not retry.
+            error = await wait_done(revoked)
+            assert isinstance(error, HandshakeRefused) and error.status == 401, error
+            [line] = security_lines(caplog, f"tunnel {bob_id} (identity token:bob, instance bob)")
+            assert "revoked by the new tokens file (missing or invalid bearer token)" in line
+            assert log_lines(caplog, "router.tunnel", "tokens file reloaded: 1 identities; 1 ")
+            # alice's tunnel is the same one, never reconnected, and keeps serving.
+            assert [await who(client, "api.test") for _ in range(5)] == ["alice"] * 5
+            assert tunnel_id(router, "alice") == alice_id
+            assert not log_lines(caplog, "router.tunnel", f"tunnel {alice_id}: lost")
+            assert len(log_lines(caplog, "router.tunnel", "instance=alice ")) == 1
+        await owner.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def test_reload_revokes_a_tunnel_whose_claims_or_token_the_new_file_refuses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens.toml"
+    tokens = write_tokens(path, alice(), bob(["bob.test"]))
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tokens=tokens)
+        owner = await backend(nursery, router, "alice", token=ALICE, hosts=["api.test"])
+        other = await backend(nursery, router, "bob", token=BOB, hosts=["bob.test"])
+        alice_id, bob_id = tunnel_id(router, "alice"), tunnel_id(router, "bob")
+
+        # alice may no longer claim api.test: revoked; coming back with it is 403.
+        write_tokens(path, alice(["new.test"]), bob(["bob.test"]))
+        router.router.reload()
+        error = await wait_done(owner)
+        assert isinstance(error, HandshakeRefused), error
+        assert (error.status, error.reason) == (403, "this token may not claim api.test")
+        [line] = security_lines(caplog, f"tunnel {alice_id} (identity token:alice")
+        assert "revoked by the new tokens file (this token may not claim api.test)" in line
+        assert tunnel_id(router, "bob") == bob_id
+
+        # bob's token changed under the same name: revoked too (401 when he comes back).
+        write_tokens(path, alice(["new.test"]), bob(["bob.test"], token="bob-new-token-xyz"))
+        router.router.reload()
+        error = await wait_done(other)
+        assert isinstance(error, HandshakeRefused) and error.status == 401, error
+        assert security_lines(caplog, f"tunnel {bob_id} (identity token:bob")
+        assert not router.router.registry.tunnels()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_tokens_file_that_does_not_load_is_logged_and_the_old_one_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens.toml"
+    tokens = write_tokens(path, alice(), bob(["bob.test"]))
+    carol = {"name": "carol", "token": "carol-token-0123456789", "services": ["*"], "hosts": ["*"]}
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tokens=tokens)
+        first = await backend(nursery, router, "alice", token=ALICE, hosts=["api.test"])
+        second = await backend(nursery, router, "bob", token=BOB, hosts=["bob.test"])
+        ids = tunnel_id(router, "alice"), tunnel_id(router, "bob")
+        broken = [
+            ("[[token]\nname = 'alice'\n", "is not valid TOML"),
+            # carol is new, and alice is listed twice: the whole file is refused.
+            (None, "[[token]] #3 ('alice'): name 'alice' is used twice"),
+        ]
+        for text, reason in broken:
+            if text is None:
+                write_tokens(path, alice(), carol, alice(["x.test"]), bob(["bob.test"]))
+            else:
+                path.write_text(text)
+            router.router.reload()
+            [line] = log_lines(caplog, "router.tunnel", reason)
+            assert line.startswith("tokens file not reloaded (keeping the previous one): ")
+            assert str(path) in line
+            assert (tunnel_id(router, "alice"), tunnel_id(router, "bob")) == ids
+        assert not security_lines(caplog, "revoked")
+        # The old file is in force: alice and bob serve, bob may still register, carol may not.
+        async with httpx.AsyncClient(base_url=router.url, timeout=5) as client:
+            assert await who(client, "api.test") == "alice"
+            assert await who(client, "bob.test") == "bob"
+        await handshake(router, Registration(service="api", hosts=("bob.test",), token=BOB))
+        refusal = await refused_by_router(router, token="carol-token-0123456789")
+        assert refusal.status == 401
+        await first.stop()
+        await second.stop()
+        assert first.error is None and second.error is None
         nursery.cancel_scope.cancel()
