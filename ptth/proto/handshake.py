@@ -229,7 +229,9 @@ class ClientHandshake:
         hosts = tuple(_split_list(fields.get(b"ptth-hosts", "")))
         trailing, _closed = self._conn.trailing_data
         cap = fields.get(b"ptth-max-streams", "").strip()
-        max_streams = int(cap) if cap.isdigit() and 0 < int(cap) < 2**31 else None
+        # isascii first: str.isdigit() is true for "²", which int() refuses.
+        valid = cap.isascii() and cap.isdigit() and 0 < int(cap) < 2**31
+        max_streams = int(cap) if valid else None
         return Accepted(
             tunnel_id=tunnel_id, hosts=hosts, trailing=bytes(trailing), max_streams=max_streams
         )
