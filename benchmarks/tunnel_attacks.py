@@ -194,9 +194,17 @@ class Children:
         return child
 
     def stop_all(self) -> None:
-        for child in reversed(self.all):
-            child.stop(timeout=2.0)
-        self.all.clear()
+        """Stop every child; a second Ctrl-C meanwhile cannot leave one running."""
+        wanted = (signal.SIGINT, signal.SIGTERM)
+        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in wanted}
+        try:
+            for child in reversed(self.all):
+                child.stop(timeout=2.0)
+            self.all.clear()
+        finally:
+            for signum, handler in previous.items():
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(signum, handler)
 
 
 # -- the tree under test -------------------------------------------------------------------------
@@ -560,8 +568,11 @@ class Tally:
     def describe(self) -> str:
         parts = []
         for outcome, n in self.outcomes.most_common():
-            median = statistics.median(self.lifetimes[outcome])
-            parts.append(f"{outcome} {TIMES}{n:,} (after {median:.2f} s median)")
+            times = self.lifetimes[outcome]
+            parts.append(
+                f"{outcome} {TIMES}{n:,} (after {statistics.median(times):.2f} s median, "
+                f"{max(times):.1f} s max)"
+            )
         return "; ".join(parts) or "none"
 
 
@@ -653,8 +664,8 @@ async def lockout_run(tree: Tree, duration: float, with_token: bool) -> list[Row
                     for i in range(ATTACKERS):
                         slots.start_soon(attacker, router.tunnel, source, i % 2 == 1, tally)
                     await trio.sleep(duration)
+                    attack_end[0] = trio.current_time()  # the attackers start closing now
                     slots.cancel_scope.cancel()
-                attack_end[0] = trio.current_time()
 
             nursery.start_soon(attack)
             await trio.sleep(BACKEND_START)
@@ -1355,6 +1366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "features": tree.features.summary(),
             }
             rows, failed = trio.run(run_all, tree, names, args.duration)
+        except KeyboardInterrupt:
+            print("tunnel_attacks: interrupted; every child stopped", file=sys.stderr)
+            return 130
         finally:
             children.stop_all()
     out = sys.stderr if args.json else sys.stdout
