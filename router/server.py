@@ -19,6 +19,7 @@ from .proxy_http import forward
 from .proxy_ws import forward_websocket
 from .registry import Registry
 from .tunnel_listener import TunnelListener
+from .tunnel_tls import plaintext_token_warning
 
 __all__ = ["Router", "RouterAddresses"]
 
@@ -53,6 +54,9 @@ class Router:
             queue_timeout=config.queue_timeout,
         )
         self.listener = TunnelListener(config, self.registry)
+        warning = plaintext_token_warning(config)
+        if warning is not None:
+            log.warning("%s", warning)
         self.context = ProxyContext(
             config=config,
             registry=self.registry,
@@ -92,8 +96,10 @@ class Router:
         self._shutdown.set()
 
     def reload(self) -> None:
-        """SIGHUP: reload what can change without a restart (TLS certificate, tokens file)."""
+        """SIGHUP: reload what can change without a restart (TLS certificates, tokens file)."""
         self.front.reload_tls()
+        if self.listener.tls is not None:
+            self.listener.tls.reload()
         self.listener.reload_tokens()
 
     async def serve(

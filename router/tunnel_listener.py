@@ -29,7 +29,7 @@ from .outlier import OutlierDetector, OutlierPolicy
 from .registry import Registry, RouterTunnel
 from .tokens import TokenBook, load_tokens
 from .tunnel_admission import TunnelAdmission
-from .tunnel_tls import TunnelTLSAttribute
+from .tunnel_tls import TunnelTLS, TunnelTLSAttribute, TunnelTLSStream
 
 __all__ = ["TunnelListener"]
 
@@ -84,6 +84,7 @@ class TunnelListener:
             auth_failure_burst=config.auth_failure_burst,
             retry_after=max(1.0, config.handshake_timeout),
         )
+        self.tls = TunnelTLS.from_config(config)  # ConfigError if the files do not load
         self.tokens: TokenBook | None = load_tokens(config.tokens) if config.tokens else None
         self.authorizer = self._authorizer()
         self._revoked: dict[str, anyio.Event] = {}
@@ -95,6 +96,8 @@ class TunnelListener:
 
         The socket is closed on every way out, cancellation included (router shutdown).
         """
+        if self.tls is not None:  # TLS handshake in _handshake, within its deadline
+            stream = self.tls.wrap(stream)
         try:
             await self._admit(stream)
         finally:
@@ -133,6 +136,8 @@ class TunnelListener:
         handshake = ServerHandshake()
         try:
             with anyio.fail_after(self.config.handshake_timeout):
+                if isinstance(stream, TunnelTLSStream):
+                    await stream.handshake()  # HandshakeError: 426 to plain text, else closed
                 registration = None
                 while registration is None:
                     try:
