@@ -10,7 +10,9 @@ and service that hold it are the pool the balancer picks from, so a backend of t
 but another identity never receives it. When the last tunnel holding a claim goes away the claim
 stays for ``grace`` seconds, still routing to its service, so a restarting backend makes its users
 see 503 (retry soon) rather than 404 (gone), and another identity cannot grab its hosts in the
-meantime. Hosts an operator assigned to an identity (``owned``) can never be claimed by another.
+meantime. Hosts an operator assigned to an identity (``owned``) can never be claimed by another,
+and a request for one is matched against that identity's claims only: while it is away another's
+wildcard or host-less claim does not receive its users (stage 4 answers them instead).
 
 ``match`` order (first hit wins, each stage falls through to the next):
 
@@ -101,33 +103,41 @@ class _Entry:
 class _Prefixes:
     """The path prefixes claimed under one host (or under no host): longest match wins."""
 
-    __slots__ = ("host", "longest_first", "services")
+    __slots__ = ("host", "longest_first", "owners", "services")
 
     def __init__(self, host: str | None) -> None:
         self.host = host  # the claim key's host: a name, "*.suffix", or None
         self.services: dict[str | None, str] = {}
+        self.owners: dict[str | None, str] = {}
         self.longest_first: list[str] = []
 
-    def put(self, prefix: str | None, service: str) -> None:
+    def put(self, prefix: str | None, service: str, owner: str) -> None:
         self.services[prefix] = service
+        self.owners[prefix] = owner
         self._reorder()
 
     def drop(self, prefix: str | None) -> None:
         del self.services[prefix]
+        del self.owners[prefix]
         self._reorder()
 
     def _reorder(self) -> None:
         # Claims change rarely and requests are many: sort here, not in lookup().
         self.longest_first = sorted((p for p in self.services if p), key=len, reverse=True)
 
-    def lookup(self, path: str) -> Route | None:
+    def lookup(self, path: str, owner: str | None = None) -> Route | None:
+        """The longest matching claim; with ``owner``, only that owner's claims count."""
         for prefix in self.longest_first:
-            if path.startswith(prefix) and (
-                len(path) == len(prefix) or path[len(prefix)] in _BOUNDARY
+            if (
+                (owner is None or self.owners[prefix] == owner)
+                and path.startswith(prefix)
+                and (len(path) == len(prefix) or path[len(prefix)] in _BOUNDARY)
             ):
                 return Route(self.services[prefix], prefix, (self.host, prefix))
         service = self.services.get(None)
-        return None if service is None else Route(service, None, (self.host, None))
+        if service is None or (owner is not None and self.owners[None] != owner):
+            return None
+        return Route(service, None, (self.host, None))
 
 
 class RoutingTable:
@@ -194,7 +204,7 @@ class RoutingTable:
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._entries[key] = _Entry(service, owner)
-                self._index(key).put(key[1], service)
+                self._index(key).put(key[1], service, owner)
             entry.tunnels.add(tunnel_key)
             entry.expires_at = None
         self._tunnels[tunnel_key] = (service, keys)
@@ -237,11 +247,15 @@ class RoutingTable:
         """Like :meth:`match`, with the matched prefix and claim (see :class:`Route`)."""
         if now >= self._next_expiry:
             self._purge(now)
+        # A host the tokens file gives to an identity is served by that identity's claims only,
+        # connected or not: not by another's wildcard or host-less claim while it is away.
+        owner: str | None = None
         if host:
             name = normalize_host(host)
+            owner = self._owned.get(name) if self._owned else None
             prefixes = self._exact.get(name)
             if prefixes is not None:
-                found = prefixes.lookup(path)
+                found = prefixes.lookup(path, owner)
                 if found is not None:
                     return found
             if self._wild:
@@ -249,11 +263,11 @@ class RoutingTable:
                 while dot > 0:
                     prefixes = self._wild.get(name[dot:])
                     if prefixes is not None:
-                        found = prefixes.lookup(path)
+                        found = prefixes.lookup(path, owner)
                         if found is not None:
                             return found
                     dot = name.find(".", dot + 1)
-        found = self._hostless.lookup(path)
+        found = self._hostless.lookup(path, owner)
         if found is not None:
             return found
         return None if self.default_service is None else Route(self.default_service, None, None)

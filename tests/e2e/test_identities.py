@@ -664,3 +664,34 @@ async def test_a_tokens_file_that_does_not_load_is_logged_and_the_old_one_kept(
         await second.stop()
         assert first.error is None and second.error is None
         nursery.cancel_scope.cancel()
+
+
+# -- regressions found while writing these tests -----------------------------------------------
+
+
+async def test_an_owned_host_is_not_served_by_another_identitys_wildcard_while_its_owner_is_away(
+    tmp_path: Path,
+) -> None:
+    """The tokens file gives api.test to alice; bob's *.test must not receive its users once
+    alice's grace period is over (it did: every request for api.test reached bob)."""
+    grace = 0.3
+    tokens = write_tokens(tmp_path / "tokens.toml", alice(), bob(), ops())
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tokens=tokens, grace=grace)
+        owner = await backend(nursery, router, "alice", token=ALICE, hosts=["api.test"])
+        wildcard = await backend(nursery, router, "bob", token=BOB, hosts=["*.test"])
+        catch_all = await backend(nursery, router, "ops", token=OPS, service="default")
+        async with httpx.AsyncClient(base_url=router.url, timeout=5) as client:
+            assert await who(client, "api.test") == "alice"
+            await owner.stop()
+            await wait_gone(router, "alice")
+            await trio.sleep(grace + 0.2)
+            # Not bob's wildcard, not ops' catch-all: 503 until alice is back.
+            assert [await who(client, "api.test") for _ in range(10)] == ["503"] * 10
+            assert await who(client, "x.test") == "bob"  # other names still reach them
+            assert await who(client, "example.org") == "ops"
+            owner = await backend(nursery, router, "alice", token=ALICE, hosts=["api.test"])
+            assert await who(client, "api.test") == "alice"
+        for handle in (owner, wildcard, catch_all):
+            await handle.stop()
+        nursery.cancel_scope.cancel()
