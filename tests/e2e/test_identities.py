@@ -695,3 +695,33 @@ async def test_an_owned_host_is_not_served_by_another_identitys_wildcard_while_i
         for handle in (owner, wildcard, catch_all):
             await handle.stop()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reload_tokens keeps a tunnel whose host the new file gives to another identity "
+    "(its pattern still allows the name), and a revoked tunnel's claims stay for the grace",
+)
+async def test_reload_giving_a_held_host_to_another_identity_hands_it_over(
+    tmp_path: Path,
+) -> None:
+    """alice holds api.test under her pattern *.test; the new file lists api.test for bob. The
+    file says the name is bob's "connected or not": alice's tunnel should be revoked and bob
+    able to register it at once, not after alice leaves and her grace runs out."""
+    path = tmp_path / "tokens.toml"
+    tokens = write_tokens(path, alice(["*.test"]), bob(["bob.test"]))
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tokens=tokens, grace=5)
+        owner = await backend(nursery, router, "alice", token=ALICE, hosts=["api.test"])
+        write_tokens(path, alice(["*.test"]), bob(["api.test"]))
+        router.router.reload()
+        try:
+            with trio.fail_after(2):
+                await wait_gone(router, "alice")
+            taker = await backend(nursery, router, "bob", token=BOB, hosts=["api.test"])
+            async with httpx.AsyncClient(base_url=router.url, timeout=5) as client:
+                assert await who(client, "api.test") == "bob"
+            await taker.stop()
+        finally:
+            await owner.stop()
+            nursery.cancel_scope.cancel()
