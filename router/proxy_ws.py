@@ -100,6 +100,9 @@ class _User:
         self.accepted = False
         self.closed = False  # we sent a close frame: no message may follow
         self.gone = False  # the user's close or disconnect arrived
+        # Two tasks write to the user: the pump from the tunnel (messages, the close) and the
+        # reader answering pings and the user's close. One frame at a time, whole.
+        self._write_lock = trio.Lock()
 
     async def wait_gone(self) -> None:
         """Before the accept only a disconnect can come from the user."""
@@ -135,10 +138,11 @@ class _User:
         return self._events.pop(0)
 
     async def _write(self, data: bytes) -> None:
-        try:
-            await self.exchange.send(data)
-        except ClientGoneError:
-            self.gone = True
+        async with self._write_lock:
+            try:
+                await self.exchange.send(data)
+            except ClientGoneError:
+                self.gone = True
 
     async def accept(self, subprotocol: str | None, headers: Headers) -> None:
         self.responded = self.accepted = True
@@ -158,10 +162,11 @@ class _User:
     async def finish(self) -> None:
         """The session is over: end the user's stream (HTTP/2; HTTP/1.1 closes the socket)."""
         if self.accepted and not self.gone:
-            try:
-                await self.exchange.send(b"", end=True)
-            except ClientGoneError:
-                pass
+            async with self._write_lock:
+                try:
+                    await self.exchange.send(b"", end=True)
+                except ClientGoneError:
+                    pass
 
     async def deny_start(self, status: int, headers: Headers) -> None:
         if self.responded:
