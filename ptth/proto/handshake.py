@@ -376,8 +376,10 @@ class ServerHandshake:
         response = h11.Response(
             status_code=status, headers=headers, reason=REASONS.get(status, "Error").encode()
         )
-        # The head may have been unparseable; a fresh connection object can always answer.
-        conn = self._conn if self._request is not None else None
+        # The head may have been unparseable; a fresh connection object can always answer. So
+        # must a HEAD request: h11 would refuse the reason's body (RFC 9110, section 9.3.2).
+        request = self._request
+        conn = self._conn if request is not None and request.method != b"HEAD" else None
         if conn is None or conn.our_state is not h11.SEND_RESPONSE:
             conn = h11.Connection(h11.SERVER)
             conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
