@@ -126,8 +126,13 @@ class Authorizer:
         shown = host or "a host-less claim (every host)"
         if host is not None:
             bare = host[2:] if host.startswith("*.") else host
-            if bare in self.reserved or (host.startswith("*.") and self._covers_reserved(bare)):
-                raise HandshakeRefused(403, f"host {host} is reserved for the router")
+            if bare in self.reserved:
+                raise HandshakeRefused(403, f"host {bare} is reserved for the router")
+            covered = self._covered_reserved(bare) if host.startswith("*.") else None
+            if covered is not None:
+                raise HandshakeRefused(
+                    403, f"wildcard {host} would cover {covered}, reserved for the router"
+                )
             owner_label = self._key_label_of(bare)
             if owner_label is not None:
                 if owner_label != identity.label:
@@ -157,8 +162,8 @@ class Authorizer:
         label = name[: -len(self.domain) - 1].rsplit(".", 1)[-1]
         return label if _LABEL_RE.match(label) else None
 
-    def _covers_reserved(self, suffix: str) -> bool:
-        return any(r.endswith("." + suffix) for r in self.reserved)
+    def _covered_reserved(self, suffix: str) -> str | None:
+        return next((r for r in sorted(self.reserved) if r.endswith("." + suffix)), None)
 
 
 def reserved_hosts(addresses: Iterable[str], extra: Iterable[str], domain: str | None) -> set[str]:

@@ -144,10 +144,10 @@ class Registry:
         self._services.setdefault(reg.service, []).append(tunnel)
         self._wake()
 
-    def remove(self, tunnel: RouterTunnel) -> None:
+    def remove(self, tunnel: RouterTunnel, *, keep_claims: bool = True) -> None:
         if self._tunnels.pop(tunnel.tunnel_id, None) is None:
             return
-        self.routing.remove(tunnel.tunnel_id, trio.current_time())
+        self.routing.remove(tunnel.tunnel_id, trio.current_time(), keep_claims=keep_claims)
         pool = self._services.get(tunnel.service, [])
         if tunnel in pool:
             pool.remove(tunnel)

@@ -209,8 +209,9 @@ class RoutingTable:
             entry.expires_at = None
         self._tunnels[tunnel_key] = (service, keys)
 
-    def remove(self, tunnel_key: str, now: float) -> None:
-        """Forget a tunnel; claims it held alone keep routing until ``now + grace``.
+    def remove(self, tunnel_key: str, now: float, *, keep_claims: bool = True) -> None:
+        """Forget a tunnel; claims it held alone keep routing until ``now + grace`` (or are
+        forgotten at once with ``keep_claims=False``: a revoked identity keeps nothing).
 
         Unknown keys are ignored, so drivers may call this from any cleanup path.
         """
@@ -222,7 +223,7 @@ class RoutingTable:
             entry.tunnels.discard(tunnel_key)
             if entry.tunnels:
                 continue
-            if self.grace > 0:
+            if self.grace > 0 and keep_claims:
                 entry.expires_at = now + self.grace
                 self._next_expiry = min(self._next_expiry, entry.expires_at)
             else:

@@ -250,7 +250,7 @@ class TunnelListener:
                 tunnel.registration.instance or "-",
                 reason,
             )
-            self.registry.remove(tunnel)
+            self.registry.remove(tunnel, keep_claims=False)
             event = self._revoked.get(tunnel.tunnel_id)
             if event is not None:
                 event.set()
@@ -266,6 +266,10 @@ class TunnelListener:
             return exc.reason
         if identity.owner != tunnel.identity.owner:
             return f"now identity {identity.owner}"
+        for host in tunnel.registration.hosts:
+            owner = self.tokens.owned_hosts().get(host) if self.tokens is not None else None
+            if owner is not None and f"token:{owner}" != identity.owner:
+                return f"host {host} now belongs to identity token:{owner}"
         return None
 
     @contextmanager
@@ -280,7 +284,7 @@ class TunnelListener:
         try:
             yield
         except HandshakeRefused as exc:
-            if exc.status in (401, 403):
+            if exc.status == 401:  # 403 and 409 are logged by _authorize, with the identity
                 security.warning(
                     "tunnel port: failed authentication from %s: %d %s",
                     peer,
@@ -385,6 +389,8 @@ class TunnelListener:
                     log.warning("tunnel %s: no SETTINGS from %s; closing", tunnel_id, peer)
                     await connection.aclose()
                     return
+                # Before the tunnel is routable, so a reload right after cannot miss it.
+                revoked = self._revoked[tunnel_id] = anyio.Event()
                 try:
                     self.registry.add(tunnel)
                 except PTTHError as exc:  # lost a race for a claim since the handshake
@@ -414,7 +420,7 @@ class TunnelListener:
                     tunnel.max_streams,
                 )
                 nursery.start_soon(self._watch_drain, tunnel)
-                nursery.start_soon(self._watch_revocation, tunnel)
+                nursery.start_soon(self._watch_revocation, tunnel, revoked)
                 await connection.wait_closed()
                 nursery.cancel_scope.cancel()
         finally:
@@ -467,10 +473,9 @@ class TunnelListener:
             )
         await connection.drain(0)
 
-    async def _watch_revocation(self, tunnel: RouterTunnel) -> None:
+    async def _watch_revocation(self, tunnel: RouterTunnel, event: anyio.Event) -> None:
         """A tunnel revoked by a tokens reload finishes its streams (up to the drain timeout),
         then its connection is closed."""
-        event = self._revoked[tunnel.tunnel_id] = anyio.Event()
         await event.wait()
         await tunnel.connection.drain(self.config.drain_timeout)
 
