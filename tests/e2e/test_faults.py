@@ -352,19 +352,21 @@ async def test_garbage_handshake_is_refused_and_closed(payload: bytes, status: b
 
 
 @pytest.mark.timeout(15)
-async def test_silent_connection_closed_after_handshake_timeout() -> None:
+async def test_silent_connection_gets_408_at_handshake_timeout() -> None:
+    # Issue 10: the deadline answers 408 with a reason (it was a silent close).
     async with router_with_real_backend(handshake_timeout=0.5) as router:
         start = trio.current_time()
         answer = await raw_exchange(router, b"", timeout=3)
         elapsed = trio.current_time() - start
-        assert answer == b""
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert answer.endswith(b"no complete handshake within 0.5 s\n"), answer
         assert 0.4 <= elapsed < 1.5, elapsed
         # A partial head that never completes gets the same deadline.
         start = trio.current_time()
         answer = await raw_exchange(router, b"POST /.well-known/ptth HTTP/1.1\r\nHost:", timeout=3)
-        assert answer == b""
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
         assert 0.4 <= trio.current_time() - start < 1.5
-        assert router.router.listener._pending == 0
+        assert router.router.listener.admission.pending == 0
         await assert_healthy(router)
 
 
