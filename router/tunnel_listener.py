@@ -100,6 +100,8 @@ class TunnelListener:
             stream = self.tls.wrap(stream)
         try:
             await self._admit(stream)
+        except Exception:  # a bug must cost one connection, never the tunnel port's listener
+            log.exception("tunnel port: unexpected error on a connection from %s", _peer(stream))
         finally:
             await anyio.aclose_forcefully(stream)
 
@@ -291,7 +293,6 @@ class TunnelListener:
                     exc.status,
                     exc.reason,
                 )
-            if exc.status == 401:
                 throttled_for = self.admission.failed(address, now)
                 if throttled_for is not None:
                     security.warning(
@@ -341,6 +342,7 @@ class TunnelListener:
                         drained += len(await stream.receive(16384))
             except (
                 TimeoutError,
+                HandshakeError,  # a TLS handshake that failed on the way to the refusal
                 anyio.EndOfStream,
                 anyio.BrokenResourceError,
                 anyio.ClosedResourceError,

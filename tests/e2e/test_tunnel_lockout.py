@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -468,3 +470,69 @@ async def test_helper_with_2000_connections_stays_under_the_per_address_cap(
     ]
     assert not complaints, complaints[:3]
     assert "registered with" in helper.text()  # the output is what we think it is
+
+
+# -- the caps on a TLS tunnel port ---------------------------------------------------------
+
+
+@pytest.mark.timeout(15)
+async def test_cap_refusal_on_a_tls_port_is_readable_and_plain_text_cannot_break_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def tls_exchange(payload: bytes) -> bytes:
+        sock = await connect_from(router, ATTACKER)
+        tls = trio.SSLStream(sock, client_context, server_hostname="127.0.0.1")
+        try:
+            with trio.fail_after(3):
+                await tls.do_handshake()
+                await tls.send_all(payload)
+                received = bytearray()
+                while True:
+                    try:
+                        data = await tls.receive_some(65536)
+                    except trio.BrokenResourceError:
+                        break
+                    if not data:
+                        break
+                    received += data
+            return bytes(received)
+        finally:
+            await trio.aclose_forcefully(tls)
+
+    caplog.set_level(logging.INFO)
+    async with trio.open_nursery() as nursery:
+        router = await start_router(
+            nursery,
+            max_pending_per_address=1,
+            tunnel_tls_cert=str(cert),
+            tunnel_tls_key=str(key),
+        )
+        held = await connect_from(router, ATTACKER)
+        try:
+            admission = router.router.listener.admission
+            with trio.fail_after(2):
+                while admission.pending_from(ATTACKER) < 1:
+                    await trio.sleep(0.01)
+            answer = await tls_exchange(PARTIAL_HEAD)
+            assert status_of(answer) == 503, answer
+            assert header(answer, b"retry-after") == b"5"
+            # Plain text to the TLS port at its cap: the same refusal, readable, at once.
+            start = trio.current_time()
+            answer = await exchange_from(router, ATTACKER, handshake_bytes(router, None))
+            assert trio.current_time() - start < 1
+            assert status_of(answer) == 503, answer
+            answer = await tls_exchange(PARTIAL_HEAD)
+            assert status_of(answer) == 503, answer
+        finally:
+            await trio.aclose_forcefully(held)
+        nursery.cancel_scope.cancel()
+    assert not [r for r in caplog.records if r.exc_info], "a connection raised out of handle"
