@@ -107,7 +107,9 @@ def load_tokens(path: str) -> TokenBook:
             data = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read tokens file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # tomllib raises the last two for a file that is not UTF-8 and for deep nesting: on
+        # SIGHUP anything but a ConfigError would stop the router.
         raise ConfigError(f"tokens file {path} is not valid TOML: {exc}") from None
     return parse_tokens(data, path)
 
