@@ -124,7 +124,12 @@ class Router:
             async def run_tunnel_port() -> None:
                 with tunnel_scope:
                     async with tunnels:
-                        await tunnels.serve(self.listener.handle)
+                        listeners = [
+                            listener
+                            for listener in tunnels.listeners
+                            if isinstance(listener, anyio.abc.SocketListener)
+                        ]
+                        await self.listener.serve(listeners)
 
             connections = trio.CancelScope()
 

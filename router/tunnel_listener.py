@@ -9,10 +9,11 @@ authentications per address (429 + Retry-After), so no stranger can lock backend
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import anyio
@@ -28,7 +29,7 @@ from .identity import Authorizer, Identity, reserved_hosts
 from .outlier import OutlierDetector, OutlierPolicy
 from .registry import Registry, RouterTunnel
 from .tokens import TokenBook, load_tokens
-from .tunnel_admission import TunnelAdmission
+from .tunnel_admission import EVICTED, TunnelAdmission
 from .tunnel_tls import TunnelTLS, TunnelTLSAttribute, TunnelTLSStream
 
 __all__ = ["TunnelListener"]
@@ -46,29 +47,36 @@ REFUSAL_LINGER = 1.0
 REFUSAL_LINGER_BYTES = 64 * 1024
 # Refusals at a full admission cap are logged at most this often (an attack makes thousands).
 CAP_LOG_INTERVAL = 10.0
+# After a failed accept (EMFILE and the like: an attack can use up the descriptors), the accept
+# loop waits this long before trying again.
+ACCEPT_RETRY = 0.1
 # Seconds a drained backend has, after its last stream, to close the connection itself.
 PEER_CLOSE_GRACE = 1.0
 
 
-def _client_ip(stream: anyio.abc.ByteStream) -> str:
-    """The client's address without the port: what admission counts per (tunnel_admission)."""
+def _remote(stream: anyio.abc.ByteStream) -> tuple[str, str]:
+    """The client's address without the port (what admission counts) and with it (for logs)."""
     try:
         address = stream.extra(anyio.abc.SocketAttribute.remote_address)
     except (OSError, anyio.TypedAttributeLookupError):
-        return "?"
+        return "?", "?"
     if isinstance(address, tuple):
-        return str(address[0])
-    return str(address)
+        return str(address[0]), f"{address[0]}:{address[1]}"
+    return str(address), str(address)
+
+
+def _client_ip(stream: anyio.abc.ByteStream) -> str:
+    return _remote(stream)[0]
 
 
 def _peer(stream: anyio.abc.ByteStream) -> str:
-    try:
-        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
-    except (OSError, anyio.TypedAttributeLookupError):
-        return "?"
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+    return _remote(stream)[1]
+
+
+@functools.cache
+def _constant_refusal(status: int, reason: str, retry_after: float | None) -> bytes:
+    """The refusals an attack makes by the thousand, built once (h11 is not free)."""
+    return ServerHandshake().refuse(status, reason, retry_after=retry_after)
 
 
 class TunnelListener:
@@ -90,6 +98,35 @@ class TunnelListener:
         self._revoked: dict[str, anyio.Event] = {}
         self._cap_refusals = 0
         self._cap_logged_at = -math.inf
+        # Pending handshakes by admission ticket, so that an evicted one can be stopped.
+        self._pending_scopes: dict[int, anyio.CancelScope] = {}
+
+    async def serve(self, listeners: Sequence[anyio.abc.SocketListener]) -> None:
+        """The tunnel port's accept loops, one per listening socket (ARCHITECTURE.md,
+        "Admission on the tunnel port"); each connection is a task of its own."""
+        async with anyio.create_task_group() as connections:
+            for listener in listeners:
+                connections.start_soon(self._accept, listener, connections)
+
+    async def _accept(
+        self, listener: anyio.abc.SocketListener, connections: anyio.abc.TaskGroup
+    ) -> None:
+        """Accept until cancelled. A failed accept (EMFILE and the like, which a flood of
+        connections can cause) waits and retries: anyio's ``serve`` would end the tunnel port,
+        and the router with it."""
+        logged_at = -math.inf
+        while True:
+            try:
+                stream = await listener.accept()
+            except (OSError, anyio.BrokenResourceError) as exc:
+                now = anyio.current_time()
+                if now - logged_at >= CAP_LOG_INTERVAL:
+                    logged_at = now
+                    reason = exc.__cause__ if exc.__cause__ is not None else exc
+                    log.warning("tunnel port: accept failed (%s); retrying every 0.1 s", reason)
+                await anyio.sleep(ACCEPT_RETRY)
+                continue
+            connections.start_soon(self.handle, stream)
 
     async def handle(self, stream: anyio.abc.ByteStream) -> None:
         """One accepted socket (the tunnel port listener's handler; each runs in its own task).
@@ -106,22 +143,30 @@ class TunnelListener:
             await anyio.aclose_forcefully(stream)
 
     async def _admit(self, stream: anyio.abc.ByteStream) -> None:
-        peer = _peer(stream)
-        address = _client_ip(stream)
-        refusal = self.admission.enter(address)
-        if refusal is not None:
+        address, peer = _remote(stream)
+        admitted = self.admission.enter(address)
+        if isinstance(admitted, HandshakeRefused):
             # Answered at once, head unread: a full cap costs the router one short write, and
             # the helper gets a status and a Retry-After to act on instead of a bare close.
-            self._log_cap_refusal(peer, refusal.reason)
-            response = ServerHandshake().refuse(
-                refusal.status, refusal.reason, retry_after=refusal.retry_after
-            )
+            self._log_cap_refusal(peer, admitted.reason)
+            response = _constant_refusal(admitted.status, admitted.reason, admitted.retry_after)
             await self._refuse(stream, response)
             return
+        if admitted.evicted is not None:  # the router-wide cap: the oldest pending one goes
+            victim = self._pending_scopes.pop(admitted.evicted, None)
+            if victim is not None:
+                victim.cancel()
+        ticket = admitted.ticket
         try:
-            result = await self._handshake(stream, peer)
+            with anyio.CancelScope() as scope:
+                self._pending_scopes[ticket] = scope
+                result = await self._handshake(stream, peer)
         finally:
-            self.admission.leave(address)  # a refusal being written holds no pending slot
+            self._pending_scopes.pop(ticket, None)
+            self.admission.leave(ticket)  # a refusal being written holds no pending slot
+        if scope.cancelled_caught:
+            self._log_cap_refusal(peer, EVICTED)
+            result = _constant_refusal(503, EVICTED, self.admission.retry_after)
         if isinstance(result, bytes):
             await self._refuse(stream, result)
             return

@@ -1,12 +1,13 @@
 """The lockout attacker of tests/e2e/test_tunnel_lockout.py, as a process of its own.
 
-    python -m tests.e2e.lockout_attacker HOST:PORT SOURCE COUNT
+    python -m tests.e2e.lockout_attacker HOST:PORT SOURCES COUNT
 
-Keeps COUNT connections from SOURCE to the tunnel port at HOST:PORT that send a partial
-handshake head and never finish it, each refilled as soon as it is dropped, until killed. Every
-0.2 s it prints one JSON line of what the connections got (answers by status, ``null`` for a
-close without an answer) and, once, the first 503 it received. A process of its own, as a real
-attacker would be: the router's event loop is not also running the attack.
+SOURCES is one address (``127.0.0.2``) or a range of the last byte (``127.0.1.1-250``). Keeps
+COUNT connections, spread over the sources in turn, to the tunnel port at HOST:PORT that send a
+partial handshake head and never finish it, each refilled as soon as it is dropped, until
+killed. Every 0.2 s it prints one JSON line of what the connections got (answers by status,
+``null`` for a close without an answer) and, once, the first 503 it received. A process of its
+own, as a real attacker would be: the router's event loop is not also running the attack.
 """
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ import trio
 PARTIAL_HEAD = b"POST /.well-known/ptth HTTP/1.1\r\nHost: x\r\nUpgrade: reverse\r\n"
 
 
-async def main(host: str, port: int, source: str, count: int) -> None:
+def sources(spec: str) -> list[str]:
+    base, _, last = spec.rpartition(".")
+    first, _, end = last.partition("-")
+    return [f"{base}.{n}" for n in range(int(first), int(end or first) + 1)]
+
+
+async def main(host: str, port: int, spec: str, count: int) -> None:
+    source_list = sources(spec)
     answers: Counter[str] = Counter()
     first_503: list[str] = []
     state = {"opened": 0, "connect_errors": 0}
 
-    async def one() -> None:
+    async def one(source: str) -> None:
         while True:
             try:
                 sock = await trio.open_tcp_stream(host, port, local_address=source)
@@ -58,8 +66,8 @@ async def main(host: str, port: int, source: str, count: int) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(report)
-        for _ in range(count):
-            nursery.start_soon(one)
+        for n in range(count):
+            nursery.start_soon(one, source_list[n % len(source_list)])
 
 
 if __name__ == "__main__":

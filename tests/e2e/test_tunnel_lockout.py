@@ -27,7 +27,15 @@ import trio
 from ptth import BackendOptions
 from ptth.errors import HandshakeRefused
 from ptth.proto.handshake import ClientHandshake, Registration, ServerHandshake
-from tests.support import Child, RunningRouter, child, make_hello_app, start_backend, start_router
+from tests.support import (
+    Child,
+    RunningRouter,
+    child,
+    free_port,
+    make_hello_app,
+    start_backend,
+    start_router,
+)
 
 ATTACKER = "127.0.0.2"
 OTHER = "127.0.0.3"
@@ -111,18 +119,23 @@ class Attack:
 
 
 @asynccontextmanager
-async def attack(router: RunningRouter, size: int) -> AsyncIterator[Attack]:
-    """``size`` connections from ATTACKER that never finish the handshake, refilled as dropped,
-    from a process of its own; yields once the attack is in its steady state."""
+async def attack(
+    router: RunningRouter, size: int, sources: str = ATTACKER
+) -> AsyncIterator[Attack]:
+    """``size`` connections from ``sources`` that never finish the handshake, refilled as
+    dropped, from a process of its own; yields once the attack is in its steady state."""
     async with trio.open_nursery() as nursery:
-        args = ("-m", "tests.e2e.lockout_attacker", router.tunnel, ATTACKER, str(size))
+        args = ("-m", "tests.e2e.lockout_attacker", router.tunnel, sources, str(size))
         async with child(nursery, *args) as process:
             running = Attack(process)
             # Steady state: the attacker holds its share of pending slots and is turned away.
             admission = router.router.listener.admission
-            cap = router.router.config.max_pending_per_address
+            config = router.router.config
+            held = min(size, config.max_pending_handshakes)
+            if sources == ATTACKER:
+                held = config.max_pending_per_address
             with trio.fail_after(10):
-                while admission.pending_from(ATTACKER) < cap:
+                while admission.pending < held:
                     await trio.sleep(0.01)
                 while running.report()["answers"].get("503", 0) < 100:
                     await trio.sleep(0.05)
@@ -173,6 +186,36 @@ async def test_backend_registers_within_2s_during_1000_connection_lockout(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.timeout(30)
+async def test_backend_registers_within_2s_while_250_addresses_fill_the_router_wide_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 2,000 connections from 127.0.1.1-250 (8 each, under the per-address cap) fill the
+    # router-wide cap of 1,024; the oldest pending one makes room for each newcomer.
+    caplog.set_level(logging.WARNING, logger="router.security")
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, token="s3cret")
+        async with attack(router, 2000, "127.0.1.1-250") as running:
+            assert router.router.listener.admission.pending == 1024  # full: only eviction helps
+            started = trio.current_time()
+            backend = await start_backend(
+                nursery, make_hello_app("real"), router.tunnel, token="s3cret"
+            )
+            await router.wait_tunnels(1, timeout=2)
+            elapsed = trio.current_time() - started
+            print(f"registered {elapsed:.3f} s into the 250-address attack")
+            assert (await get(router)).status_code == 200
+            report = running.report()
+            print(f"attacker during the run: {report['opened']} connections, {report['answers']}")
+            assert "null" not in report["answers"], report  # evicted ones are answered too
+            assert router.router.listener.admission.pending <= 1024
+        capped = [line for line in security_lines(caplog) if "503 to 127.0.1." in line]
+        assert capped, security_lines(caplog)[:3]
+        await backend.stop()
+        assert backend.error is None
+        nursery.cancel_scope.cancel()
+
+
 # -- the caps, the deadline, garbage -------------------------------------------------------
 
 
@@ -210,17 +253,36 @@ async def test_per_address_cap_answers_503_at_once_without_reading(
 
 
 @pytest.mark.timeout(15)
-async def test_global_cap_answers_503_to_everyone() -> None:
+async def test_global_cap_evens_out_shares_then_answers_503() -> None:
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, max_pending_handshakes=3)
+        admission = router.router.listener.admission
         held = [await connect_from(router, ATTACKER) for _ in range(3)]
         try:
             with trio.fail_after(2):
-                while router.router.listener.admission.pending < 3:
+                while admission.pending < 3:
                     await trio.sleep(0.01)
-            answer = await exchange_from(router, OTHER, b"")
+            # A newcomer from elsewhere takes the slot of the busiest address's oldest, which
+            # is answered 503 at once.
+            newcomer = await connect_from(router, OTHER)
+            held.append(newcomer)
+            answer = await read_all(held[0], timeout=2)
             assert status_of(answer) == 503, answer
             assert header(answer, b"retry-after") == b"5"
+            assert body(answer) == (
+                b"too many pending tunnel handshakes on this router, most of them from your "
+                b"address\n"
+            )
+            with trio.fail_after(2):
+                while admission.pending_from(OTHER) < 1:
+                    await trio.sleep(0.01)
+            assert admission.pending_from(ATTACKER) == 2 and admission.pending == 3
+            # 2, 1 and a newcomer from a third address: evens out once more (2 > 0 + 1) ...
+            held.append(await connect_from(router, "127.0.0.4"))
+            assert status_of(await read_all(held[1], timeout=2)) == 503
+            # ... and now every address holds one: a fourth is refused itself.
+            answer = await exchange_from(router, "127.0.0.5", b"")
+            assert status_of(answer) == 503, answer
             assert body(answer) == b"too many pending tunnel handshakes on this router\n"
         finally:
             for sock in held:
@@ -536,3 +598,43 @@ async def test_cap_refusal_on_a_tls_port_is_readable_and_plain_text_cannot_break
             await trio.aclose_forcefully(held)
         nursery.cancel_scope.cancel()
     assert not [r for r in caplog.records if r.exc_info], "a connection raised out of handle"
+
+
+# -- descriptors run out -------------------------------------------------------------------
+
+LOW_FD_ROUTER = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+sys.argv = ["router", *sys.argv[1:]]
+runpy.run_module("router", run_name="__main__")
+"""
+
+
+@pytest.mark.timeout(30)
+async def test_running_out_of_descriptors_does_not_end_the_tunnel_port() -> None:
+    # A router allowed 64 descriptors, and 100 connections: accept fails with EMFILE. Before,
+    # that ended the tunnel port's accept loop and the router with it.
+    tunnel_port, http_port = free_port(), free_port()
+    args = ("--tunnel", f"127.0.0.1:{tunnel_port}", "--http", f"127.0.0.1:{http_port}")
+    async with trio.open_nursery() as nursery:
+        async with child(nursery, "-c", LOW_FD_ROUTER, *args) as router:
+            await router.wait_for(re.compile(rb"tunnel port on"))
+            held = []
+            try:
+                for _ in range(100):
+                    held.append(await trio.open_tcp_stream("127.0.0.1", tunnel_port))
+                await router.wait_for(re.compile(rb"accept failed \(\[Errno 24\]"), timeout=5)
+            finally:
+                for sock in held:
+                    await trio.aclose_forcefully(sock)
+            backend = await start_backend(
+                nursery, make_hello_app("real"), f"127.0.0.1:{tunnel_port}"
+            )
+            await router.wait_for(re.compile(rb"registered service=default"), timeout=10)
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.get(f"http://127.0.0.1:{http_port}/")
+            assert response.status_code == 200 and response.text == "bar"
+            assert router.process.poll() is None
+            assert b"Traceback" not in router.output
+            await backend.stop()
+        nursery.cancel_scope.cancel()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptth.errors import ConfigError
+from ptth.errors import ConfigError, HandshakeRefused
 from router.ratelimit import RateLimiter
-from router.tunnel_admission import ADDRESS_FULL, GLOBAL_FULL, TunnelAdmission, client_key
+from router.tunnel_admission import (
+    ADDRESS_FULL,
+    GLOBAL_FULL,
+    Admitted,
+    TunnelAdmission,
+    client_key,
+)
 
 
 def admission(**overrides: float) -> TunnelAdmission:
@@ -47,13 +55,24 @@ def test_client_key_groups_ipv6_by_64(address: str, key: str) -> None:
     assert client_key(address) == key
 
 
+def admit(gate: TunnelAdmission, address: str) -> Admitted:
+    result = gate.enter(address)
+    assert isinstance(result, Admitted), result
+    return result
+
+
+def refused(gate: TunnelAdmission, address: str) -> HandshakeRefused:
+    result = gate.enter(address)
+    assert isinstance(result, HandshakeRefused), result
+    return result
+
+
 def test_one_ipv6_64_shares_one_per_address_cap() -> None:
     gate = admission(max_pending_per_address=2)
-    assert gate.enter("2001:db8::1") is None
-    assert gate.enter("2001:db8::2") is None
-    refusal = gate.enter("2001:db8::ffff:3")
-    assert refusal is not None and refusal.status == 503
-    assert gate.enter("2001:db8:0:1::1") is None  # the next /64 is someone else
+    admit(gate, "2001:db8::1")
+    admit(gate, "2001:db8::2")
+    assert refused(gate, "2001:db8::ffff:3").status == 503
+    admit(gate, "2001:db8:0:1::1")  # the next /64 is someone else
 
 
 # -- pending caps --------------------------------------------------------------------------
@@ -61,34 +80,58 @@ def test_one_ipv6_64_shares_one_per_address_cap() -> None:
 
 def test_per_address_cap_refuses_with_503_and_retry_after() -> None:
     gate = admission(max_pending_per_address=3)
-    assert [gate.enter("192.0.2.1") for _ in range(3)] == [None] * 3
-    refusal = gate.enter("192.0.2.1")
-    assert refusal is not None
+    tickets = [admit(gate, "192.0.2.1").ticket for _ in range(3)]
+    assert len(set(tickets)) == 3
+    refusal = refused(gate, "192.0.2.1")
     assert (refusal.status, refusal.reason) == (503, ADDRESS_FULL)
     assert refusal.retry_after == 5.0 and refusal.retryable
-    assert gate.enter("192.0.2.2") is None  # other addresses are unaffected
-    gate.leave("192.0.2.1")
-    assert gate.enter("192.0.2.1") is None  # a freed slot is usable again
+    admit(gate, "192.0.2.2")  # other addresses are unaffected
+    gate.leave(tickets[0])
+    admit(gate, "192.0.2.1")  # a freed slot is usable again
     assert gate.pending == 4 and gate.pending_from("192.0.2.1") == 3
 
 
-def test_global_cap_refuses_everyone_once_full() -> None:
+def test_global_cap_refuses_when_the_shares_are_even() -> None:
     gate = admission(max_pending=4, max_pending_per_address=4)
-    for i in range(4):
-        assert gate.enter(f"192.0.2.{i}") is None
-    refusal = gate.enter("198.51.100.1")
-    assert refusal is not None and (refusal.status, refusal.reason) == (503, GLOBAL_FULL)
-    gate.leave("192.0.2.0")
-    assert gate.enter("198.51.100.1") is None
+    first = [admit(gate, f"192.0.2.{i}") for i in range(4)]  # one each: nobody holds more
+    refusal = refused(gate, "198.51.100.1")
+    assert (refusal.status, refusal.reason) == (503, GLOBAL_FULL)
+    gate.leave(first[2].ticket)
+    assert admit(gate, "198.51.100.1").evicted is None
 
 
-def test_refused_enter_is_not_counted_and_stray_leave_is_harmless() -> None:
+def test_global_cap_evicts_the_oldest_of_the_busiest_address() -> None:
+    gate = admission(max_pending=5, max_pending_per_address=4)
+    attacker = [admit(gate, "192.0.2.66") for _ in range(3)]
+    others = [admit(gate, "192.0.2.1"), admit(gate, "192.0.2.2")]
+    newcomer = admit(gate, "198.51.100.7")  # holds 0; the attacker holds 3
+    assert newcomer.evicted == attacker[0].ticket
+    assert gate.pending == 5 and gate.pending_from("192.0.2.66") == 2
+    gate.leave(attacker[0].ticket)  # the evicted connection's own leave changes nothing
+    assert gate.pending == 5
+    assert admit(gate, "198.51.100.8").evicted == attacker[1].ticket  # 2 > 0 + 1
+    # Now every address holds one: the shares are even, nobody is evicted.
+    assert refused(gate, "198.51.100.9").reason == GLOBAL_FULL
+    assert {e.evicted for e in others} == {None}
+
+
+def test_a_busy_address_cannot_evict_to_gain_on_an_equal_one() -> None:
+    gate = admission(max_pending=4, max_pending_per_address=4)
+    admit(gate, "192.0.2.1")
+    admit(gate, "192.0.2.1")
+    admit(gate, "192.0.2.2")
+    admit(gate, "192.0.2.2")
+    assert refused(gate, "192.0.2.1").reason == GLOBAL_FULL  # 2 vs 2: no gain in evicting
+    assert admit(gate, "192.0.2.3").evicted is not None  # 0 vs 2: evens out
+
+
+def test_stray_leave_is_harmless() -> None:
     gate = admission(max_pending_per_address=1)
-    assert gate.enter("192.0.2.1") is None
-    assert gate.enter("192.0.2.1") is not None
-    gate.leave("192.0.2.1")
-    gate.leave("192.0.2.1")  # one too many
-    gate.leave("203.0.113.9")  # never entered
+    ticket = admit(gate, "192.0.2.1").ticket
+    assert refused(gate, "192.0.2.1").status == 503
+    gate.leave(ticket)
+    gate.leave(ticket)  # one too many
+    gate.leave(12345)  # never issued
     assert gate.pending == 0 and gate.tracked == 0
 
 
@@ -102,44 +145,52 @@ def test_bad_limits_are_config_errors(kwargs: dict[str, float]) -> None:
 
 
 addresses = st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2", "::1"])
-operations = st.lists(st.tuples(st.booleans(), addresses), max_size=200)
+# (enter?, address, which pending connection leaves)
+operations = st.lists(st.tuples(st.booleans(), addresses, st.integers(0, 10)), max_size=200)
 
 
 @settings(max_examples=300, deadline=None)
 @given(operations, st.integers(1, 6), st.integers(1, 4))
 def test_counts_never_go_negative_or_leak(
-    ops: list[tuple[bool, str]], max_pending: int, per_address: int
+    ops: list[tuple[bool, str, int]], max_pending: int, per_address: int
 ) -> None:
-    """Against a model: enter admits iff both caps allow; a leave frees one slot of its group."""
+    """Against a model: the per-address cap refuses; a full router evicts the oldest pending
+    connection of a busiest group holding two more than the newcomer's, else refuses; every
+    leave frees exactly its own slot."""
     gate = admission(max_pending=max_pending, max_pending_per_address=per_address)
-    model: dict[str, int] = {}
-    admitted: list[str] = []
-    for is_enter, address in ops:
+    model: dict[int, str] = {}  # ticket -> group, oldest first
+    for is_enter, address, pick in ops:
         key = client_key(address)
         if is_enter:
-            allowed = sum(model.values()) < max_pending and model.get(key, 0) < per_address
-            refusal = gate.enter(address)
-            assert (refusal is None) == allowed
-            if allowed:
-                model[key] = model.get(key, 0) + 1
-                admitted.append(address)
+            sizes = Counter(model.values())
+            result = gate.enter(address)
+            if sizes[key] >= per_address:
+                assert isinstance(result, HandshakeRefused) and result.reason == ADDRESS_FULL
+            elif len(model) >= max_pending and max(sizes.values()) < sizes[key] + 2:
+                assert isinstance(result, HandshakeRefused) and result.reason == GLOBAL_FULL
             else:
-                assert refusal is not None and refusal.status == 503
-        else:
-            # Counts are per group: a leave frees a slot of its group, if it holds one; a
-            # stray leave (nothing pending in its group) changes nothing.
-            same_group = [a for a in admitted if client_key(a) == key]
-            if same_group:
-                admitted.remove(same_group[0])
-                model[key] -= 1
-            gate.leave(address)
-        assert gate.pending == sum(model.values()) >= 0
-        assert gate.pending <= max_pending
-        assert gate.tracked == sum(1 for count in model.values() if count > 0)
-        for each in {client_key(a) for a in admitted}:
-            assert 0 < gate.pending_from(each) <= per_address
-    for address in list(admitted):
-        gate.leave(address)
+                assert isinstance(result, Admitted), result
+                if len(model) >= max_pending:
+                    assert result.evicted is not None
+                    victim = model[result.evicted]
+                    assert sizes[victim] == max(sizes.values())  # from a busiest group
+                    assert result.evicted == min(t for t, k in model.items() if k == victim)
+                    del model[result.evicted]
+                else:
+                    assert result.evicted is None
+                assert result.ticket not in model
+                model[result.ticket] = key
+        elif model:
+            ticket = list(model)[pick % len(model)]
+            del model[ticket]
+            gate.leave(ticket)
+        assert gate.pending == len(model) <= max_pending
+        groups = Counter(model.values())
+        assert gate.tracked == len(groups)
+        for group, count in groups.items():
+            assert gate.pending_from(group) == count <= per_address
+    for ticket in list(model):
+        gate.leave(ticket)
     assert gate.pending == 0 and gate.tracked == 0
 
 
