@@ -11,7 +11,9 @@ forwards to a local server in any language instead: ``ptth.serve_upstream("h2c:/
 
 from __future__ import annotations
 
+import os
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
@@ -29,6 +31,7 @@ from .errors import (
     StreamReset,
     TunnelClosed,
     TunnelError,
+    TunnelTLSError,
 )
 from .groups import unwrap
 from .types import ASGIApp
@@ -45,6 +48,7 @@ __all__ = [
     "StreamReset",
     "TunnelClosed",
     "TunnelError",
+    "TunnelTLSError",
     "run",
     "serve",
     "serve_upstream",
@@ -66,6 +70,11 @@ def run(
     max_connections: int = 0,
     weight: float = 1.0,
     strip_prefix: bool = False,
+    ca_file: str | os.PathLike[str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    identity: bool | str | os.PathLike[str] = False,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
     options: BackendOptions | None = None,
     loop: str = "auto",
 ) -> None:
@@ -85,6 +94,11 @@ def run(
             max_connections=max_connections,
             weight=weight,
             strip_prefix=strip_prefix,
+            ca_file=ca_file,
+            ssl_context=ssl_context,
+            identity=identity,
+            client_cert=client_cert,
+            client_key=client_key,
             options=options,
         )
 

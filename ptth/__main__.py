@@ -66,8 +66,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--router",
         action="append",
         default=None,
-        help="router tunnel address HOST:PORT; repeat for several routers "
-        "(env PTTH_ROUTER, comma-separated; default 127.0.0.1:8887)",
+        help="router tunnel address HOST:PORT (plain, also tcp://HOST:PORT) or tls://HOST:PORT; "
+        "repeat for several routers (env PTTH_ROUTER, comma-separated; default 127.0.0.1:8887)",
+    )
+    p.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        default=os.environ.get("PTTH_CA_FILE"),
+        help="tls:// routers: trust the CAs in FILE (PEM) instead of the system trust store "
+        "(env PTTH_CA_FILE)",
+    )
+    p.add_argument(
+        "--identity",
+        metavar="DIR",
+        nargs="?",
+        const=True,
+        default=False,
+        help="tls:// routers: present this helper's key identity (made on first use, kept in "
+        "DIR, default $XDG_CONFIG_HOME/ptth/identity); a router with --domain grants it "
+        "<label>.<domain>",
+    )
+    p.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        default=None,
+        help="tls:// routers: present this client certificate (PEM) instead of --identity",
+    )
+    p.add_argument(
+        "--client-key",
+        metavar="FILE",
+        default=None,
+        help="the private key of --client-cert (PEM; default: in the --client-cert file)",
     )
     p.add_argument(
         "--service",
@@ -171,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_connections=args.max_connections,
             weight=args.weight,
             drain_timeout=args.drain_timeout,
+            ca_file=args.ca_file,
+            identity=args.identity,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
         )
         if args.instance:
             fields["instance"] = args.instance

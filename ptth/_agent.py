@@ -16,6 +16,8 @@ a plain-text reason; failing mid-body → the stream is reset, so the user sees 
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 from collections.abc import Sequence
 
 import anyio
@@ -99,6 +101,11 @@ async def serve_upstream(
     max_connections: int = 0,
     weight: float = 1.0,
     strip_prefix: bool = False,
+    ca_file: str | os.PathLike[str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    identity: bool | str | os.PathLike[str] = False,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
     options: BackendOptions | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -120,6 +127,11 @@ async def serve_upstream(
         max_connections=max_connections,
         weight=weight,
         strip_prefix=strip_prefix,
+        ca_file=ca_file,
+        ssl_context=ssl_context,
+        identity=identity,
+        client_cert=client_cert,
+        client_key=client_key,
     )
     async with anyio.create_task_group() as nursery:
         # The upstream connections must outlive a cancelled serve_upstream while its tunnels

@@ -16,6 +16,7 @@ import os
 import random
 import secrets
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,16 +26,19 @@ import anyio.abc
 from ._asgi_http import serve_http
 from ._asgi_ws import serve_websocket
 from ._backoff import Backoff
+from ._dial import ClientTLS, client_tls, dial, plaintext_token_warning
 from ._lifespan import Lifespan
 from ._scaling import ScalePolicy
 from .driver import Connection, Stream, StreamHandler
 from .engine import Liveness, Settings
 from .errors import ConfigError, HandshakeError, HandshakeRefused, HeaderError, PTTHError
 from .groups import unwrap
-from .proto.address import format_address, parse_address
+from .identity import certificate_fingerprint, load_or_create
+from .proto.address import RouterAddress, format_address, parse_address, parse_router_address
 from .proto.handshake import ClientHandshake, Registration
 from .proto.headers import parse_request_block
 from .proto.hostnames import normalize_claim
+from .proto.keyid import key_label
 from .types import ASGIApp
 
 __all__ = ["BackendOptions", "parse_address", "resolve_arguments", "run_backend", "serve"]
@@ -98,13 +102,21 @@ class BackendOptions:
     root_path: str = ""
     # Ask the router to cut the matched path_prefix from request paths (Ptth-Strip-Prefix).
     strip_prefix: bool = False
+    # tls:// routers: whom to trust (default: the system trust store), or a whole context.
+    ca_file: str | os.PathLike[str] | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    # The client certificate to present on tls:// (ptth.identity): True for the key identity in
+    # the default directory (made on first use), a path for another directory; or own files.
+    identity: bool | str | os.PathLike[str] = False
+    client_cert: str | os.PathLike[str] | None = None
+    client_key: str | os.PathLike[str] | None = None
 
 
 class _Backend:
     def __init__(
         self,
         app: ASGIApp | None,
-        addresses: list[tuple[str, int]],
+        routers: Sequence[RouterAddress],
         options: BackendOptions,
         *,
         handler: StreamHandler | None = None,
@@ -114,8 +126,13 @@ class _Backend:
             raise ConfigError("give exactly one of an ASGI app or a stream handler")
         self.app = app
         self.handler = handler
-        self.addresses = addresses
+        # Tunnels are keyed by (host, port); the scheme is looked up when dialling.
+        self.routers = {(r.host, r.port): r for r in routers}
+        if len(self.routers) != len(routers):
+            raise ConfigError("each router address may be given once (one scheme per port)")
+        self.addresses = list(self.routers)
         self.options = options
+        self.tls = _client_tls(options, routers)
         self.registration = Registration(
             service=options.service,
             hosts=_canonical_hosts(options.hosts),
@@ -295,8 +312,7 @@ class _Backend:
         *,
         on_live: Callable[[], None] | None = None,
     ) -> None:
-        with anyio.fail_after(HANDSHAKE_TIMEOUT):
-            sock = await anyio.connect_tcp(host, port)
+        sock = await dial(self.routers[(host, port)], self.tls, timeout=HANDSHAKE_TIMEOUT)
         try:
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             handshake = ClientHandshake(self.registration, authority)
@@ -425,6 +441,35 @@ class _Backend:
                     work.cancel()
 
 
+def _client_tls(options: BackendOptions, routers: Sequence[RouterAddress]) -> ClientTLS | None:
+    """The TLS context for the tls:// routers (None if there is none), with the client
+    certificate to present; logs the name a key identity is granted, and tokens sent in clear."""
+    for router in routers:
+        warning = plaintext_token_warning(router, options.token)
+        if warning is not None:
+            log.warning("%s", warning)
+    cert, key = options.client_cert, options.client_key
+    if isinstance(options.identity, str) and not options.identity.strip():
+        raise ConfigError("identity must be True or a directory")
+    if options.identity is not False and cert is not None:
+        raise ConfigError("give identity or client_cert/client_key, not both")
+    if not any(router.tls for router in routers):
+        if options.identity is not False or cert is not None or options.ca_file is not None:
+            log.warning("TLS settings ignored: no router address is tls://")
+        return None
+    if options.identity is not False:
+        directory = None if options.identity is True else options.identity
+        identity = load_or_create(directory)
+        cert, key = identity.cert_file, identity.key_file
+    tls = client_tls(
+        ca_file=options.ca_file, ssl_context=options.ssl_context, client_cert=cert, client_key=key
+    )
+    if cert is not None:
+        label = key_label(certificate_fingerprint(cert))
+        log.info("key identity %s: the router grants %s.<its --domain>", label, label)
+    return tls
+
+
 def _canonical_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
     """Claims as the router will compare them (``Bücher.example:443`` → ``xn--bcher-kva.example``),
     so the handshake carries only ASCII and the router's answer matches what was asked."""
@@ -456,14 +501,24 @@ async def serve(
     max_connections: int = 0,
     weight: float = 1.0,
     strip_prefix: bool = False,
+    ca_file: str | os.PathLike[str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    identity: bool | str | os.PathLike[str] = False,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
     options: BackendOptions | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` through tunnels to ``router_addr`` until cancelled (then drain and return).
 
-    ``router_addr`` is ``"host:port"`` or a list of them; ``connections`` tunnels are kept to
-    each. ``strip_prefix`` asks the router to cut ``path_prefix`` from request paths; the app
-    then sees it as its ``root_path`` (ASGI mount semantics). Raises
+    ``router_addr`` is ``"host:port"`` (or ``tcp://host:port``), ``tls://host:port``, or a list
+    of them; ``connections`` tunnels are kept to each. ``strip_prefix`` asks the router to cut
+    ``path_prefix`` from request paths; the app then sees it as its ``root_path`` (ASGI mount
+    semantics). A ``tls://`` router's certificate is verified against the system trust store,
+    or ``ca_file``, or ``ssl_context`` (which then also carries any client certificate).
+    ``identity`` presents the key identity of :mod:`ptth.identity` (``True``: the default
+    directory; or a directory), made on first use; ``client_cert``/``client_key`` present given
+    files instead. Raises
     :class:`~ptth.errors.HandshakeRefused` when a router refuses for good (400/401/403)
     and :class:`~ptth.errors.LifespanError` when startup fails.
     """
@@ -479,6 +534,11 @@ async def serve(
         max_connections=max_connections,
         weight=weight,
         strip_prefix=strip_prefix,
+        ca_file=ca_file,
+        ssl_context=ssl_context,
+        identity=identity,
+        client_cert=client_cert,
+        client_key=client_key,
     )
     await run_backend(app, addresses, options, task_status=task_status)
 
@@ -496,6 +556,11 @@ def resolve_arguments(
     max_connections: int,
     weight: float,
     strip_prefix: bool = False,
+    ca_file: str | os.PathLike[str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    identity: bool | str | os.PathLike[str] = False,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
 ) -> tuple[list[str], BackendOptions]:
     """The router addresses and options that ``serve`` and ``serve_upstream`` were given, checked.
 
@@ -518,6 +583,11 @@ def resolve_arguments(
             max_connections=max_connections,
             weight=weight,
             strip_prefix=strip_prefix,
+            ca_file=ca_file,
+            ssl_context=ssl_context,
+            identity=identity,
+            client_cert=client_cert,
+            client_key=client_key,
         )
     return addresses, options
 
@@ -531,7 +601,8 @@ async def run_backend(
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The engine behind ``serve`` and agent mode: ``app`` or ``handler`` serves each stream."""
-    backend = _Backend(app, [parse_address(a) for a in addresses], options, handler=handler)
+    routers = [parse_router_address(a) for a in addresses]
+    backend = _Backend(app, routers, options, handler=handler)
     try:
         await backend.run(task_status)
     except BaseExceptionGroup as group:

@@ -6,7 +6,8 @@ Callers branch on attributes (``status``, ``retryable``, ``error_code``), never 
     ├── ConfigError              bad settings or arguments
     ├── HeaderError              a header field that must not cross the proxy (status 400)
     ├── HandshakeError           the tunnel upgrade was malformed (either side)
-    │   └── HandshakeRefused     the router answered with a refusal (status, reason, retryable)
+    │   ├── HandshakeRefused     the router answered with a refusal (status, reason, retryable)
+    │   └── TunnelTLSError       tls://: the router's certificate or TLS handshake failed (retried)
     ├── TunnelError              the HTTP/2 tunnel failed
     │   ├── TunnelClosed         the connection is gone (lost, GOAWAY, protocol error)
     │   └── StreamReset          one stream was reset (error_code; refused=True if never processed)
@@ -45,6 +46,7 @@ __all__ = [
     "StreamReset",
     "TunnelClosed",
     "TunnelError",
+    "TunnelTLSError",
 ]
 
 # Statuses the helper must never retry: the router has told it the registration itself is wrong.
@@ -86,6 +88,12 @@ class HandshakeRefused(HandshakeError):
         self.reason = reason
         self.retry_after = retry_after
         self.retryable = status not in NON_RETRYABLE_STATUSES
+
+
+class TunnelTLSError(HandshakeError):
+    """The TLS handshake with a ``tls://`` router failed: its certificate is not trusted or not
+    valid for its name, or the port does not speak TLS. The helper retries with backoff (the
+    router's certificate may be renewed)."""
 
 
 class TunnelError(PTTHError):

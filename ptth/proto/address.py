@@ -1,10 +1,20 @@
-"""``HOST:PORT`` parsing shared by the helper and the router; no I/O."""
+"""Addresses shared by the helper and the router: ``HOST:PORT`` and router URLs; no I/O."""
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
 from ..errors import ConfigError
 
-__all__ = ["format_address", "parse_address"]
+__all__ = [
+    "ROUTER_SCHEMES",
+    "RouterAddress",
+    "format_address",
+    "parse_address",
+    "parse_router_address",
+]
 
 
 def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
@@ -20,3 +30,77 @@ def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, 
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class _Scheme:
+    tls: bool
+
+
+# How a helper reaches a router, by URL scheme. One table so that more transports (issue 9:
+# ws://, wss://, http://, https://) are a row each, with the parser unchanged.
+_SCHEMES = {
+    "tcp": _Scheme(tls=False),  # the ReverseHTTP upgrade over plain TCP (also: no scheme)
+    "tls": _Scheme(tls=True),  # the same over TLS, the router's certificate verified
+}
+ROUTER_SCHEMES = tuple(_SCHEMES)
+
+
+@dataclass(frozen=True)
+class RouterAddress:
+    """Where a helper dials a router: ``str()`` gives back a URL that parses to the same."""
+
+    scheme: str
+    host: str  # an IPv6 address without its brackets
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        return _SCHEMES[self.scheme].tls
+
+    @property
+    def authority(self) -> str:
+        return format_address(self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.authority}"
+
+
+def parse_router_address(address: str) -> RouterAddress:
+    """``HOST:PORT``, ``tcp://HOST:PORT`` (plain) or ``tls://HOST:PORT``; IPv6 in brackets.
+
+    The port is required and the host is kept as given but for case; anything else (a path,
+    credentials, an unknown scheme) is a :class:`ConfigError` naming the address.
+    """
+    text = address.strip()
+    schemes = ", ".join(f"{s}://" for s in ROUTER_SCHEMES)
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ConfigError(f"router address {address!r} must not contain spaces or controls")
+    if "://" not in text:
+        text = "tcp://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(
+            f"router address must be HOST:PORT or SCHEME://HOST:PORT ({schemes}), "
+            f"IPv6 in brackets; got {address!r}"
+        ) from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"router address scheme must be one of {schemes}; got {address!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"router address {address!r} must not carry credentials")
+    if parts.path or parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise ConfigError(f"router address {address!r} must name a host and port only")
+    host = parts.hostname or ""
+    if not host or any(c in "[]" for c in host):
+        raise ConfigError(f"router address {address!r} has no valid host")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"router address {address!r} has no valid host") from None
+    if port is None or port == 0:
+        raise ConfigError(f"router address {address!r} needs a port (1-65535)")
+    return RouterAddress(scheme, host, port)
