@@ -558,6 +558,7 @@ def test_route_names_the_prefix_that_matched() -> None:
     table.add("t2", "api", ["h.example"], "/api", 0)
     table.add("t3", "api", ["h.example"], "/api/v2", 0)
     table.add("t4", "web", ["w.example"], None, 0)
+
     def route(host: str, path: str) -> tuple[str, str | None]:
         found = table.route(host, path, 0)
         assert found is not None
