@@ -22,12 +22,13 @@ import anyio.abc
 from ptth.driver import Connection
 from ptth.engine import Liveness, Settings
 from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
-from ptth.proto.handshake import Registration, ServerHandshake
+from ptth.proto.handshake import WELL_KNOWN_PATH, Registration, ServerHandshake
 
 from .config import RouterConfig
 from .identity import Authorizer, Identity, reserved_hosts
 from .outlier import OutlierDetector, OutlierPolicy
 from .registry import Registry, RouterTunnel
+from .replay_stream import ReplayStream
 from .tokens import TokenBook, load_tokens
 from .tunnel_admission import EVICTED, TunnelAdmission
 from .tunnel_tls import TunnelTLS, TunnelTLSAttribute, TunnelTLSStream
@@ -63,14 +64,6 @@ def _remote(stream: anyio.abc.ByteStream) -> tuple[str, str]:
     if isinstance(address, tuple):
         return str(address[0]), f"{address[0]}:{address[1]}"
     return str(address), str(address)
-
-
-def _client_ip(stream: anyio.abc.ByteStream) -> str:
-    return _remote(stream)[0]
-
-
-def _peer(stream: anyio.abc.ByteStream) -> str:
-    return _remote(stream)[1]
 
 
 @functools.cache
@@ -135,15 +128,49 @@ class TunnelListener:
         """
         if self.tls is not None:  # TLS handshake in _handshake, within its deadline
             stream = self.tls.wrap(stream)
+        address, peer = _remote(stream)
         try:
-            await self._admit(stream)
+            await self._admit(stream, address, peer, WELL_KNOWN_PATH)
         except Exception:  # a bug must cost one connection, never the tunnel port's listener
-            log.exception("tunnel port: unexpected error on a connection from %s", _peer(stream))
+            log.exception("tunnel port: unexpected error on a connection from %s", peer)
         finally:
             await anyio.aclose_forcefully(stream)
 
-    async def _admit(self, stream: anyio.abc.ByteStream) -> None:
-        address, peer = _remote(stream)
+    async def accept_stream(
+        self,
+        stream: anyio.abc.ByteStream,
+        *,
+        initial: bytes = b"",
+        client: str,
+        transport: str,
+        path: bytes = WELL_KNOWN_PATH,
+    ) -> None:
+        """Run a tunnel that arrived some other way than the tunnel port (ARCHITECTURE.md,
+        "Transports"): a plain handshake on the front end, a WebSocket, an httpsock session.
+
+        ``stream`` carries the backend's bytes from its first handshake byte on; ``initial`` is
+        what was already read from it (given back first, before reading ``stream``). ``client``
+        is the backend's IP address as the front end saw it (no port; admission caps, the
+        authentication throttle and logs count by it), ``transport`` a short name for logs
+        (``"front-end"``, ``"ws"``, ``"httpsock"``), ``path`` the request target the handshake
+        must name. Everything the tunnel port does applies: admission, the handshake deadline,
+        authentication and its throttle, tunnel limits, the drain. Returns when the tunnel has
+        ended; ``stream`` is closed on every way out, cancellation included. Never raises but
+        for cancellation: an error costs this tunnel only.
+        """
+        if initial:
+            stream = ReplayStream(stream, initial)
+        peer = f"{client} ({transport})"
+        try:
+            await self._admit(stream, client, peer, path)
+        except Exception:
+            log.exception("tunnel (%s): unexpected error on a connection from %s", transport, peer)
+        finally:
+            await anyio.aclose_forcefully(stream)
+
+    async def _admit(
+        self, stream: anyio.abc.ByteStream, address: str, peer: str, path: bytes
+    ) -> None:
         admitted = self.admission.enter(address)
         if isinstance(admitted, HandshakeRefused):
             # Answered at once, head unread: a full cap costs the router one short write, and
@@ -160,7 +187,7 @@ class TunnelListener:
         try:
             with anyio.CancelScope() as scope:
                 self._pending_scopes[ticket] = scope
-                result = await self._handshake(stream, peer)
+                result = await self._handshake(stream, address, peer, path)
         finally:
             self._pending_scopes.pop(ticket, None)
             self.admission.leave(ticket)  # a refusal being written holds no pending slot
@@ -176,11 +203,11 @@ class TunnelListener:
         await self._run_tunnel(stream, peer, registration, identity, trailing, tunnel_id)
 
     async def _handshake(
-        self, stream: anyio.abc.ByteStream, peer: str
+        self, stream: anyio.abc.ByteStream, address: str, peer: str, path: bytes
     ) -> tuple[Registration, Identity, bytes, str] | bytes | None:
         """The registration (with bytes past the head and the tunnel id) once the 101 is sent;
         else the refusal to send (bytes), or None when the peer is already gone."""
-        handshake = ServerHandshake()
+        handshake = ServerHandshake(path=path)
         try:
             with anyio.fail_after(self.config.handshake_timeout):
                 if isinstance(stream, TunnelTLSStream):
@@ -192,7 +219,7 @@ class TunnelListener:
                     except anyio.EndOfStream:
                         data = b""  # the parser reports the close
                     registration = handshake.receive(data)
-                with self._auth_throttle(peer, _client_ip(stream)):
+                with self._auth_throttle(peer, address):
                     registration, identity = self._authorize(registration, stream, peer)
                 tunnel_id = secrets.token_hex(6)
                 await stream.send(

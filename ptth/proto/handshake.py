@@ -238,9 +238,13 @@ class ClientHandshake:
 
 
 class ServerHandshake:
-    """Router side: parse the upgrade request, then produce the 101 or a refusal."""
+    """Router side: parse the upgrade request, then produce the 101 or a refusal.
 
-    def __init__(self) -> None:
+    ``path`` is the request target the upgrade must name (the front end's is configurable).
+    """
+
+    def __init__(self, *, path: bytes = WELL_KNOWN_PATH) -> None:
+        self._path = path
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         self._request: h11.Request | None = None
         self._received = 0
@@ -307,8 +311,8 @@ class ServerHandshake:
             err = HandshakeError("this port only speaks the ReverseHTTP upgrade (Upgrade: reverse)")
             err.status = 426
             raise err
-        if request.method != b"POST" or request.target != WELL_KNOWN_PATH:
-            raise _bad(f"expected POST {WELL_KNOWN_PATH.decode()}")
+        if request.method != b"POST" or request.target != self._path:
+            raise _bad(f"expected POST {self._path.decode('latin-1')}")
         alpn = [t.lower() for v in fields.get(b"alpn", []) for t in _split_list(v)]
         if "h2" not in alpn:
             raise _bad("ALPN must offer h2")
