@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         "repeat for several routers (env PTTH_ROUTER, comma-separated; default 127.0.0.1:8887)",
     )
     p.add_argument(
+        "--proxy",
+        metavar="URL",
+        default=None,
+        help="reach the routers through this HTTP proxy's CONNECT: "
+        "http://[USER:PASSWORD@]HOST:PORT (default: HTTPS_PROXY for tls:// routers, "
+        "HTTP_PROXY for the others, minus NO_PROXY; "
+        "'none' dials directly)",
+    )
+    p.add_argument(
         "--ca-file",
         metavar="FILE",
         default=os.environ.get("PTTH_CA_FILE"),
@@ -204,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             identity=args.identity,
             client_cert=args.client_cert,
             client_key=args.client_key,
+            proxy=args.proxy,
         )
         if args.instance:
             fields["instance"] = args.instance

@@ -31,10 +31,18 @@ from ._lifespan import Lifespan
 from ._scaling import ScalePolicy
 from .driver import Connection, Stream, StreamHandler
 from .engine import Liveness, Settings
-from .errors import ConfigError, HandshakeError, HandshakeRefused, HeaderError, PTTHError
+from .errors import (
+    ConfigError,
+    ForwardProxyError,
+    HandshakeError,
+    HandshakeRefused,
+    HeaderError,
+    PTTHError,
+)
 from .groups import unwrap
 from .identity import certificate_fingerprint, load_or_create
 from .proto.address import RouterAddress, format_address, parse_address, parse_router_address
+from .proto.connect import ProxyURL, proxy_for
 from .proto.handshake import ClientHandshake, Registration
 from .proto.headers import parse_request_block
 from .proto.hostnames import normalize_claim
@@ -110,6 +118,9 @@ class BackendOptions:
     identity: bool | str | os.PathLike[str] = False
     client_cert: str | os.PathLike[str] | None = None
     client_key: str | os.PathLike[str] | None = None
+    # The HTTP forward proxy to CONNECT through (http://[user:password@]host:port); None: the
+    # environment's HTTPS_PROXY / HTTP_PROXY / NO_PROXY; "" or "none": never a proxy.
+    proxy: str | None = field(default=None, repr=False)
 
 
 class _Backend:
@@ -133,6 +144,13 @@ class _Backend:
         self.addresses = list(self.routers)
         self.options = options
         self.tls = _client_tls(options, routers)
+        self.proxies: dict[tuple[str, int], ProxyURL | None] = {
+            key: proxy_for(router, options.proxy, os.environ)
+            for key, router in self.routers.items()
+        }
+        for key, proxy in self.proxies.items():
+            if proxy is not None:
+                log.info("router %s: through proxy %s (HTTP CONNECT)", self.routers[key], proxy)
         self.registration = Registration(
             service=options.service,
             hosts=_canonical_hosts(options.hosts),
@@ -312,7 +330,17 @@ class _Backend:
         *,
         on_live: Callable[[], None] | None = None,
     ) -> None:
-        sock = await dial(self.routers[(host, port)], self.tls, timeout=HANDSHAKE_TIMEOUT)
+        proxy = self.proxies[(host, port)]
+        try:
+            sock = await dial(
+                self.routers[(host, port)], self.tls, timeout=HANDSHAKE_TIMEOUT, proxy=proxy
+            )
+        except TimeoutError:
+            if proxy is None:
+                raise
+            raise ForwardProxyError(
+                f"no tunnel through proxy {proxy} within {HANDSHAKE_TIMEOUT:g} s"
+            ) from None
         try:
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             handshake = ClientHandshake(self.registration, authority)
@@ -506,6 +534,7 @@ async def serve(
     identity: bool | str | os.PathLike[str] = False,
     client_cert: str | os.PathLike[str] | None = None,
     client_key: str | os.PathLike[str] | None = None,
+    proxy: str | None = None,
     options: BackendOptions | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -518,7 +547,9 @@ async def serve(
     or ``ca_file``, or ``ssl_context`` (which then also carries any client certificate).
     ``identity`` presents the key identity of :mod:`ptth.identity` (``True``: the default
     directory; or a directory), made on first use; ``client_cert``/``client_key`` present given
-    files instead. Raises
+    files instead. ``proxy`` (``http://[user:password@]host:port``) reaches every router
+    through that proxy's HTTP CONNECT; by default ``HTTPS_PROXY`` (tls://), ``HTTP_PROXY`` and
+    ``NO_PROXY`` are honoured, and ``proxy=""`` dials directly whatever they say. Raises
     :class:`~ptth.errors.HandshakeRefused` when a router refuses for good (400/401/403)
     and :class:`~ptth.errors.LifespanError` when startup fails.
     """
@@ -539,6 +570,7 @@ async def serve(
         identity=identity,
         client_cert=client_cert,
         client_key=client_key,
+        proxy=proxy,
     )
     await run_backend(app, addresses, options, task_status=task_status)
 
@@ -561,6 +593,7 @@ def resolve_arguments(
     identity: bool | str | os.PathLike[str] = False,
     client_cert: str | os.PathLike[str] | None = None,
     client_key: str | os.PathLike[str] | None = None,
+    proxy: str | None = None,
 ) -> tuple[list[str], BackendOptions]:
     """The router addresses and options that ``serve`` and ``serve_upstream`` were given, checked.
 
@@ -588,6 +621,7 @@ def resolve_arguments(
             identity=identity,
             client_cert=client_cert,
             client_key=client_key,
+            proxy=proxy,
         )
     return addresses, options
 

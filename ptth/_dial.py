@@ -1,120 +1,55 @@
-"""Dialling a router: a :class:`RouterAddress` in, a byte stream out (plain TCP or TLS).
+"""Dialling a router: a :class:`RouterAddress` in, a byte stream out (ARCHITECTURE.md,
+"Transports").
 
-``tls://`` verifies the router's certificate and name against the system trust store, or a
-``ca_file``, or a caller's own ``ssl.SSLContext``; a key identity's certificate is presented
-when one is given (ARCHITECTURE.md, "Tunnel TLS and key identities"). A failed TLS handshake is
-one readable :class:`TunnelTLSError`, which the helper retries like any connection error.
+The dialler is picked by the address's transport (its scheme's row in
+``ptth.proto.address``); each lives in ``ptth.transport`` and yields the byte stream the
+handshake and HTTP/2 then run over, unchanged. A new transport is one entry in
+:data:`DIALLERS`. ``tls://`` and ``wss://`` verify the router as ``ptth.transport.tls`` says.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-import os
-import ssl
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
-from anyio.streams.tls import TLSStream
 
-from .errors import ConfigError, TunnelTLSError
+from .errors import ConfigError
 from .proto.address import RouterAddress
+from .transport import tcp, websocket
+from .transport.tls import ClientTLS, client_tls
 
-__all__ = ["ClientTLS", "client_tls", "dial", "plaintext_token_warning"]
+__all__ = ["DIALLERS", "ClientTLS", "Dialler", "client_tls", "dial", "plaintext_token_warning"]
 
+Dialler = Callable[[RouterAddress, ClientTLS | None], Awaitable[anyio.abc.ByteStream]]
+"""Connect to a router and return the tunnel's byte stream; closes what it opened on every
+way out (cancellation included). OSError, TunnelTLSError or HandshakeError when it fails."""
 
-@dataclass(frozen=True)
-class ClientTLS:
-    """The context every ``tls://`` dial uses, and what it trusts, for error messages."""
-
-    context: ssl.SSLContext
-    trust: str
-
-
-def client_tls(
-    *,
-    ca_file: str | os.PathLike[str] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    client_cert: str | os.PathLike[str] | None = None,
-    client_key: str | os.PathLike[str] | None = None,
-) -> ClientTLS:
-    """One context for all ``tls://`` routers: built once, since loading a trust store is slow.
-
-    ``ssl_context`` is used as it is (it then carries its own trust and client certificate).
-    """
-    if ssl_context is not None:
-        if ca_file is not None or client_cert is not None:
-            raise ConfigError(
-                "give ssl_context alone: it carries its own CA and client certificate"
-            )
-        return ClientTLS(ssl_context, "the given ssl_context")
-    if client_key is not None and client_cert is None:
-        raise ConfigError("client_key needs client_cert")
-    try:
-        context = ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load CA file {os.fspath(ca_file or '')}: {exc}") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if client_cert is not None:
-        try:
-            context.load_cert_chain(client_cert, client_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"cannot load client certificate {os.fspath(client_cert)}"
-                f"{' / key ' + os.fspath(client_key) if client_key else ''}: {exc}"
-            ) from None
-    trust = f"CA file {os.fspath(ca_file)}" if ca_file is not None else "the system trust store"
-    return ClientTLS(context, trust)
+# By RouterAddress.transport.
+DIALLERS: dict[str, Dialler] = {
+    "tcp": tcp.dial,
+    "ws": websocket.dial,
+}
 
 
 async def dial(
     address: RouterAddress, tls: ClientTLS | None = None, *, timeout: float = math.inf
 ) -> anyio.abc.ByteStream:
-    """Connect to ``address`` within ``timeout`` seconds, TLS handshake included for
-    ``tls://`` (with ``tls``, or the system defaults). OSError if the TCP connection fails,
-    TimeoutError, or TunnelTLSError if the TLS handshake fails.
+    """Connect to ``address`` within ``timeout`` seconds (TLS and any transport handshake
+    included), with ``tls`` for ``tls://``/``wss://`` or the system defaults. OSError if the
+    TCP connection fails, TimeoutError, TunnelTLSError if the TLS handshake does, HandshakeError
+    (HandshakeRefused) if the transport's own handshake does.
 
-    The deadline is kept here, inside the code that closes the socket on every way out: a
-    cancellation delivered as the connection completes must not leak it.
+    Each dialler closes its socket on every way out, so a cancellation delivered as the
+    connection completes cannot leak it.
     """
-    sock: anyio.abc.SocketStream | None = None
-    try:
-        with anyio.fail_after(timeout):
-            sock = await anyio.connect_tcp(address.host, address.port)
-            if not address.tls:
-                return sock
-            return await _tls_handshake(sock, address, tls or client_tls())
-    except BaseException:
-        if sock is not None:
-            await anyio.aclose_forcefully(sock)
-        raise
-
-
-async def _tls_handshake(
-    sock: anyio.abc.SocketStream, address: RouterAddress, tls: ClientTLS
-) -> TLSStream:
-    try:
-        # Not "standard compatible": closing skips waiting for the router's close_notify, and
-        # an end without it is an end (HTTP/2 frames its own end, RFC 9113 §9.2.1).
-        return await TLSStream.wrap(
-            sock,
-            hostname=address.host,
-            ssl_context=tls.context,
-            standard_compatible=False,
-        )
-    except ssl.SSLCertVerificationError as exc:
-        reason = (exc.verify_message or exc.reason or str(exc)).rstrip(".")
-        raise TunnelTLSError(
-            f"TLS certificate not accepted: {reason} (checked against {tls.trust})"
-        ) from None
-    except ssl.SSLError as exc:
-        reason = (exc.reason or str(exc)).lower().replace("_", " ")
-        raise TunnelTLSError(
-            f"TLS handshake failed: {reason} (does that port speak TLS? a plain one is tcp://)"
-        ) from None
-    except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
-        raise TunnelTLSError("closed the connection during the TLS handshake") from None
+    dialler = DIALLERS.get(address.transport)
+    if dialler is None:
+        raise ConfigError(f"no dialler for {address.scheme}:// in this helper")
+    with anyio.fail_after(timeout):
+        return await dialler(address, tls)
 
 
 def _loopback(host: str) -> bool:

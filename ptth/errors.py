@@ -7,7 +7,8 @@ Callers branch on attributes (``status``, ``retryable``, ``error_code``), never 
     ├── HeaderError              a header field that must not cross the proxy (status 400)
     ├── HandshakeError           the tunnel upgrade was malformed (either side)
     │   ├── HandshakeRefused     the router answered with a refusal (status, reason, retryable)
-    │   └── TunnelTLSError       tls://: the router's certificate or TLS handshake failed (retried)
+    │   ├── TunnelTLSError       tls://: the router's certificate or TLS handshake failed (retried)
+    │   └── ForwardProxyError    the HTTP CONNECT proxy failed or refused (proxy_status; retried)
     ├── TunnelError              the HTTP/2 tunnel failed
     │   ├── TunnelClosed         the connection is gone (lost, GOAWAY, protocol error)
     │   └── StreamReset          one stream was reset (error_code; refused=True if never processed)
@@ -30,6 +31,7 @@ __all__ = [
     "BadGateway",
     "BodyTooLarge",
     "ConfigError",
+    "ForwardProxyError",
     "HandshakeError",
     "HandshakeRefused",
     "HeaderError",
@@ -94,6 +96,17 @@ class TunnelTLSError(HandshakeError):
     """The TLS handshake with a ``tls://`` router failed: its certificate is not trusted or not
     valid for its name, or the port does not speak TLS. The helper retries with backoff (the
     router's certificate may be renewed)."""
+
+
+class ForwardProxyError(HandshakeError):
+    """The forward proxy between the helper and the router could not open the tunnel: it refused
+    the ``CONNECT`` (``proxy_status``: 407 bad credentials, 403 not allowed, 502 it could not
+    reach the router), answered nonsense, or closed. Retried with backoff, like a connection error.
+    """
+
+    def __init__(self, message: str, proxy_status: int | None = None) -> None:
+        super().__init__(message)
+        self.proxy_status = proxy_status
 
 
 class TunnelError(PTTHError):

@@ -1,0 +1,218 @@
+"""The helper behind a real forward proxy (issue 9, item 5): tinyproxy, started by each test
+from a generated config, between the backend and the router's tunnel port.
+
+Checked: the tunnel opens through ``CONNECT`` (tinyproxy logs it) with Basic auth from the
+proxy URL; a wrong password is one readable log line per attempt, retried, never showing the
+password; the environment's ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` are honoured; a port the
+proxy forbids is named; ``python -m ptth --proxy URL`` works and keeps the password out of its log.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from ptth import BackendOptions
+from tests.e2e.tools_support import connects_logged, tinyproxy
+from tests.support import child, free_port, make_hello_app, start_backend, start_router
+
+PASSWORD = "s3cret-pa55"
+
+
+def _options(proxy: str | None, **kwargs: object) -> BackendOptions:
+    return BackendOptions(
+        service="default", proxy=proxy, backoff_base=0.05, backoff_cap=0.3, **kwargs
+    )  # type: ignore[arg-type]
+
+
+async def _get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return await client.get(url + "/hello")
+
+
+def _proxy_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "proxy" in r.getMessage()]
+
+
+async def test_backend_registers_through_tinyproxy_with_basic_auth(
+    tmp_path: Path, helper_loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ptth")
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        port = router.addresses.tunnel[1]
+        async with tinyproxy(nursery, tmp_path, [port], basic_auth=("user", PASSWORD)) as (
+            url,
+            proc,
+        ):
+            proxy = url.replace("http://", f"http://user:{PASSWORD}@")
+            backend = await start_backend(
+                nursery,
+                make_hello_app("b"),
+                router.tunnel,
+                loop=helper_loop,
+                options=_options(proxy),
+            )
+            await router.wait_tunnels(1)
+            response = await _get(router.url)
+            assert response.status_code == 200 and response.text == "bar"
+            assert connects_logged(proc, port) == 1, proc.text()
+            await backend.stop()
+            assert backend.error is None
+        nursery.cancel_scope.cancel()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "through proxy http://***@127.0.0.1:" in text
+    assert PASSWORD not in text
+
+
+async def test_wrong_password_is_one_line_per_attempt_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ptth")
+    wrong = "not-the-password"
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        port = router.addresses.tunnel[1]
+        async with tinyproxy(nursery, tmp_path, [port], basic_auth=("user", PASSWORD)) as (
+            url,
+            _proc,
+        ):
+            proxy = url.replace("http://", f"http://user:{wrong}@")
+            backend = await start_backend(
+                nursery, make_hello_app("b"), router.tunnel, options=_options(proxy)
+            )
+            with trio.fail_after(10):
+                while (
+                    len([r for r in caplog.records if "authentication required" in r.getMessage()])
+                    < 3
+                ):
+                    await trio.sleep(0.05)
+            assert router.tunnel_count() == 0
+            assert not backend.done.is_set()  # still retrying: a 407 is not fatal
+            await backend.stop()
+        nursery.cancel_scope.cancel()
+    failures = [r for r in caplog.records if "authentication required" in r.getMessage()]
+    for record in failures:
+        message = record.getMessage()
+        assert record.levelno == logging.WARNING
+        assert "\n" not in message
+        assert "proxy authentication required" in message
+        assert "retrying in" in message
+        assert f"router 127.0.0.1:{port}" in message
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    assert wrong not in everything and PASSWORD not in everything
+    assert base64.b64encode(f"user:{wrong}".encode()).decode() not in everything
+
+
+async def test_environment_proxy_used_and_no_proxy_bypasses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "NO_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        port = router.addresses.tunnel[1]
+        async with tinyproxy(nursery, tmp_path, [port]) as (url, proc):
+            # HTTP_PROXY (upper case) for a plain router: through the proxy.
+            monkeypatch.setenv("HTTP_PROXY", url)
+            first = await start_backend(
+                nursery, make_hello_app("a"), router.tunnel, options=_options(None)
+            )
+            await router.wait_tunnels(1)
+            assert connects_logged(proc, port) == 1
+            await first.stop()
+
+            # NO_PROXY lists the router's address: dialled directly, the proxy never sees it.
+            monkeypatch.setenv("NO_PROXY", "example.com, 127.0.0.0/8")
+            second = await start_backend(
+                nursery, make_hello_app("b"), router.tunnel, options=_options(None)
+            )
+            await router.wait_tunnels(1)
+            assert connects_logged(proc, port) == 1
+            await second.stop()
+
+            # HTTPS_PROXY is for tls:// routers only; a dead one does not stop a tcp:// router.
+            monkeypatch.delenv("NO_PROXY")
+            monkeypatch.delenv("HTTP_PROXY")
+            monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{free_port()}")
+            third = await start_backend(
+                nursery, make_hello_app("c"), router.tunnel, options=_options(None)
+            )
+            await router.wait_tunnels(1)
+            assert (await _get(router.url)).status_code == 200
+            await third.stop()
+
+            # proxy="" (--proxy none) wins over the environment.
+            monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+            fourth = await start_backend(
+                nursery, make_hello_app("d"), router.tunnel, options=_options("")
+            )
+            await router.wait_tunnels(1)
+            await fourth.stop()
+            assert connects_logged(proc, port) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_forbidden_port_and_dead_proxy_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ptth")
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        # The proxy allows CONNECT to another port only: tinyproxy answers 403.
+        async with tinyproxy(nursery, tmp_path, [free_port()]) as (url, _proc):
+            backend = await start_backend(
+                nursery, make_hello_app("b"), router.tunnel, options=_options(url)
+            )
+            with trio.fail_after(10):
+                while not any("403" in line for line in _proxy_lines(caplog)):
+                    await trio.sleep(0.05)
+            await backend.stop()
+        dead = f"http://127.0.0.1:{free_port()}"
+        backend = await start_backend(
+            nursery, make_hello_app("b"), router.tunnel, options=_options(dead)
+        )
+        with trio.fail_after(10):
+            while not any("cannot connect to proxy" in line for line in _proxy_lines(caplog)):
+                await trio.sleep(0.05)
+        await backend.stop()
+        nursery.cancel_scope.cancel()
+    lines = _proxy_lines(caplog)
+    forbidden = next(line for line in lines if "403" in line)
+    assert "forbids this destination" in forbidden
+    assert any(f"cannot connect to proxy {dead}" in line for line in lines)
+
+
+async def test_cli_proxy_flag(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        port = router.addresses.tunnel[1]
+        async with tinyproxy(nursery, tmp_path, [port], basic_auth=("user", PASSWORD)) as (
+            url,
+            proc,
+        ):
+            proxy = url.replace("http://", f"http://user:{PASSWORD}@")
+            async with child(
+                nursery,
+                "-m",
+                "ptth",
+                "tests.e2e.apps_drain:app",
+                "--router",
+                router.tunnel,
+                "--proxy",
+                proxy,
+                "--loop",
+                "asyncio",
+            ) as helper:
+                await helper.wait_for(re.compile(rb"registered with"))
+                await router.wait_tunnels(1)
+                assert connects_logged(proc, port) == 1
+                assert b"through proxy http://***@127.0.0.1:" in helper.output
+                assert PASSWORD.encode() not in helper.output
+        nursery.cancel_scope.cancel()
