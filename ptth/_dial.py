@@ -11,21 +11,35 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 import anyio.abc
 
 from .errors import ConfigError
 from .proto.address import RouterAddress
+from .proto.connect import ProxyURL
 from .transport import tcp, websocket
 from .transport.tls import ClientTLS, client_tls
 
 __all__ = ["DIALLERS", "ClientTLS", "Dialler", "client_tls", "dial", "plaintext_token_warning"]
 
-Dialler = Callable[[RouterAddress, ClientTLS | None], Awaitable[anyio.abc.ByteStream]]
-"""Connect to a router and return the tunnel's byte stream; closes what it opened on every
-way out (cancellation included). OSError, TunnelTLSError or HandshakeError when it fails."""
+
+class Dialler(Protocol):
+    """Connect to a router and return the tunnel's byte stream; closes what it opened on every
+    way out (cancellation included). OSError, TunnelTLSError, ForwardProxyError or
+    HandshakeError when it fails. ``proxy`` and ``ip`` go to ``ptth.transport.proxy.open_tcp``
+    (the TCP connection under every transport)."""
+
+    async def __call__(
+        self,
+        address: RouterAddress,
+        tls: ClientTLS | None,
+        *,
+        proxy: ProxyURL | None = None,
+        ip: str | None = None,
+    ) -> anyio.abc.ByteStream: ...
+
 
 # By RouterAddress.transport.
 DIALLERS: dict[str, Dialler] = {
@@ -35,12 +49,18 @@ DIALLERS: dict[str, Dialler] = {
 
 
 async def dial(
-    address: RouterAddress, tls: ClientTLS | None = None, *, timeout: float = math.inf
+    address: RouterAddress,
+    tls: ClientTLS | None = None,
+    *,
+    timeout: float = math.inf,
+    proxy: ProxyURL | None = None,
+    ip: str | None = None,
 ) -> anyio.abc.ByteStream:
     """Connect to ``address`` within ``timeout`` seconds (TLS and any transport handshake
     included), with ``tls`` for ``tls://``/``wss://`` or the system defaults. OSError if the
     TCP connection fails, TimeoutError, TunnelTLSError if the TLS handshake does, HandshakeError
-    (HandshakeRefused) if the transport's own handshake does.
+    (HandshakeRefused) if the transport's own handshake does. ``proxy``: through that HTTP
+    proxy's CONNECT (ForwardProxyError when it fails); ``ip``: dial this address of the name.
 
     Each dialler closes its socket on every way out, so a cancellation delivered as the
     connection completes cannot leak it.
@@ -49,7 +69,7 @@ async def dial(
     if dialler is None:
         raise ConfigError(f"no dialler for {address.scheme}:// in this helper")
     with anyio.fail_after(timeout):
-        return await dialler(address, tls)
+        return await dialler(address, tls, proxy=proxy, ip=ip)
 
 
 def _loopback(host: str) -> bool:

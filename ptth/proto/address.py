@@ -10,6 +10,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "ROUTER_SCHEMES",
+    "WS_PATH",
     "RouterAddress",
     "format_address",
     "parse_address",
@@ -35,13 +36,21 @@ def format_address(host: str, port: int) -> str:
 @dataclass(frozen=True)
 class _Scheme:
     tls: bool
+    # Which dialler carries the tunnel's bytes (ptth/_dial.py dispatches on it).
+    transport: str
+    # The path the router serves this transport at; None: the URL may not carry a path.
+    default_path: str | None = None
 
 
-# How a helper reaches a router, by URL scheme. One table so that more transports (issue 9:
-# ws://, wss://, http://, https://) are a row each, with the parser unchanged.
+WS_PATH = "/.well-known/ptth/ws"
+
+# How a helper reaches a router, by URL scheme (ARCHITECTURE.md, "Transports"). One table so
+# that every transport is a row, with the parser unchanged.
 _SCHEMES = {
-    "tcp": _Scheme(tls=False),  # the ReverseHTTP upgrade over plain TCP (also: no scheme)
-    "tls": _Scheme(tls=True),  # the same over TLS, the router's certificate verified
+    "tcp": _Scheme(tls=False, transport="tcp"),  # the ReverseHTTP upgrade over TCP (no scheme)
+    "tls": _Scheme(tls=True, transport="tcp"),  # the same over TLS, the certificate verified
+    "ws": _Scheme(tls=False, transport="ws", default_path=WS_PATH),  # in WebSocket messages
+    "wss": _Scheme(tls=True, transport="ws", default_path=WS_PATH),  # ... over TLS
 }
 ROUTER_SCHEMES = tuple(_SCHEMES)
 
@@ -53,24 +62,36 @@ class RouterAddress:
     scheme: str
     host: str  # an IPv6 address without its brackets
     port: int
+    path: str = ""  # as given in the URL; "" means the scheme's default (see ``target``)
 
     @property
     def tls(self) -> bool:
         return _SCHEMES[self.scheme].tls
 
     @property
+    def transport(self) -> str:
+        return _SCHEMES[self.scheme].transport
+
+    @property
+    def target(self) -> str:
+        """The path the transport requests (``ws://``: the WebSocket's); "" for ``tcp://``."""
+        return self.path or _SCHEMES[self.scheme].default_path or ""
+
+    @property
     def authority(self) -> str:
         return format_address(self.host, self.port)
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.authority}"
+        return f"{self.scheme}://{self.authority}{self.path}"
 
 
 def parse_router_address(address: str) -> RouterAddress:
-    """``HOST:PORT``, ``tcp://HOST:PORT`` (plain) or ``tls://HOST:PORT``; IPv6 in brackets.
+    """``HOST:PORT``, ``tcp://HOST:PORT`` (plain), ``tls://HOST:PORT``, or
+    ``ws://HOST:PORT[/path]`` / ``wss://HOST:PORT[/path]``; IPv6 in brackets.
 
-    The port is required and the host is kept as given but for case; anything else (a path,
-    credentials, an unknown scheme) is a :class:`ConfigError` naming the address.
+    The port is required and the host is kept as given but for case; anything else (a path
+    where the scheme takes none, a query, credentials, an unknown scheme) is a
+    :class:`ConfigError` naming the address.
     """
     text = address.strip()
     schemes = ", ".join(f"{s}://" for s in ROUTER_SCHEMES)
@@ -91,8 +112,14 @@ def parse_router_address(address: str) -> RouterAddress:
         raise ConfigError(f"router address scheme must be one of {schemes}; got {address!r}")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"router address {address!r} must not carry credentials")
-    if parts.path or parts.query or parts.fragment or text.endswith(("?", "#")):
+    takes_path = _SCHEMES[scheme].default_path is not None
+    if (parts.path and not takes_path) or parts.query or parts.fragment:
         raise ConfigError(f"router address {address!r} must name a host and port only")
+    if text.endswith(("?", "#")):
+        raise ConfigError(f"router address {address!r} must name a host and port only")
+    path = parts.path
+    if path and (not path.isascii() or "//" in path or "\\" in path):
+        raise ConfigError(f"router address {address!r} has an invalid path")
     host = parts.hostname or ""
     if not host or any(c in "[]" for c in host):
         raise ConfigError(f"router address {address!r} has no valid host")
@@ -103,4 +130,4 @@ def parse_router_address(address: str) -> RouterAddress:
             raise ConfigError(f"router address {address!r} has no valid host") from None
     if port is None or port == 0:
         raise ConfigError(f"router address {address!r} needs a port (1-65535)")
-    return RouterAddress(scheme, host, port)
+    return RouterAddress(scheme, host, port, path)
