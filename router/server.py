@@ -11,6 +11,7 @@ import trio
 
 from ptth.proto.address import format_address, parse_address
 
+from . import worker_process
 from .config import RouterConfig
 from .frontend import FrontEnd, FrontLimits, TLSFiles
 from .frontend.exchange import Exchange
@@ -107,11 +108,10 @@ class Router:
     ) -> None:
         tunnel_host, tunnel_port = parse_address(self.config.tunnel, allow_port_zero=True)
         front_host, front_port = parse_address(self.config.http, allow_port_zero=True)
-        front = await anyio.create_tcp_listener(local_host=front_host, local_port=front_port)
+        # A worker of several inherits its sockets (ARCHITECTURE.md, "Several cores").
+        front = await worker_process.listen("http", front_host, front_port)
         try:
-            tunnels = await anyio.create_tcp_listener(
-                local_host=tunnel_host, local_port=tunnel_port
-            )
+            tunnels = await worker_process.listen("tunnel", tunnel_host, tunnel_port)
         except BaseException:
             await front.aclose()
             raise

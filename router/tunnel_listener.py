@@ -24,6 +24,7 @@ from ptth.engine import Liveness, Settings
 from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
 from ptth.proto.handshake import WELL_KNOWN_PATH, Registration, ServerHandshake
 
+from . import worker_process
 from .config import RouterConfig
 from .identity import Authorizer, Identity, reserved_hosts
 from .outlier import OutlierDetector, OutlierPolicy
@@ -207,7 +208,7 @@ class TunnelListener:
     ) -> tuple[Registration, Identity, bytes, str] | bytes | None:
         """The registration (with bytes past the head and the tunnel id) once the 101 is sent;
         else the refusal to send (bytes), or None when the peer is already gone."""
-        handshake = ServerHandshake(path=path)
+        handshake = ServerHandshake(path=path, worker=worker_process.worker_info())
         try:
             with anyio.fail_after(self.config.handshake_timeout):
                 if isinstance(stream, TunnelTLSStream):
@@ -231,9 +232,10 @@ class TunnelListener:
                 )
             return registration, identity, handshake.trailing, tunnel_id
         except HandshakeRefused as exc:
-            # A throttled address's 429s are counted by the throttle's own line, not each logged.
+            # A throttled address's 429s are counted by the throttle's own line, not each logged;
+            # a 421 is a helper looking for another worker (ARCHITECTURE.md, "Several cores").
             log.log(
-                logging.DEBUG if exc.status == 429 else logging.INFO,
+                logging.DEBUG if exc.status in (421, 429) else logging.INFO,
                 "tunnel port: refused %s: %s %s",
                 peer,
                 exc.status,

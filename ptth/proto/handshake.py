@@ -24,6 +24,7 @@ __all__ = [
     "ClientHandshake",
     "Registration",
     "ServerHandshake",
+    "WorkerInfo",
 ]
 
 WELL_KNOWN_PATH = b"/.well-known/ptth"
@@ -43,6 +44,9 @@ _PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,1023}$")
 _INSTANCE_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 # A bearer token must fit in "Authorization: Bearer <token>" (RFC 6750 b64token is narrower).
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,4096}$")
+# A router worker's id (ARCHITECTURE.md, "Several cores"): "<router run id>/<index>".
+_WORKER_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}/[0-9]{1,4}$")
+MAX_WORKERS = 4096
 
 REASONS = {
     400: "Bad Request",
@@ -50,6 +54,7 @@ REASONS = {
     403: "Forbidden",
     408: "Request Timeout",
     409: "Conflict",
+    421: "Misdirected Request",
     426: "Upgrade Required",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
@@ -93,6 +98,19 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """The router worker answering a handshake (ARCHITECTURE.md, "Several cores"): its id
+    (``Ptth-Worker``) and how many workers share the router's ports (``Ptth-Workers``)."""
+
+    id: str
+    count: int
+
+    def __post_init__(self) -> None:
+        if not _WORKER_RE.match(self.id) or not (0 < self.count <= MAX_WORKERS):
+            raise ValueError(f"invalid worker {self.id!r} of {self.count!r}")
+
+
+@dataclass(frozen=True)
 class Accepted:
     """The router's 101: the tunnel id, the hosts it granted, and bytes already past the head."""
 
@@ -101,6 +119,8 @@ class Accepted:
     trailing: bytes
     # The router's own cap on concurrent streams per tunnel (Ptth-Max-Streams), if it said.
     max_streams: int | None = None
+    # The router worker that holds this tunnel, if the router runs several (Ptth-Worker[s]).
+    worker: WorkerInfo | None = None
 
 
 def _bad(reason: str) -> HandshakeError:
@@ -136,11 +156,16 @@ def parse_retry_after(value: str) -> float | None:
 class ClientHandshake:
     """Backend side: build the upgrade request, then parse the router's answer."""
 
-    def __init__(self, registration: Registration, authority: str) -> None:
+    def __init__(
+        self, registration: Registration, authority: str, *, covered: tuple[str, ...] = ()
+    ) -> None:
+        """``covered``: router workers the helper already holds enough tunnels to; a worker
+        named there answers 421 instead of registering another (``Ptth-Covered-Workers``)."""
         registration.validate()
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
         self._registration = registration
         self._authority = authority
+        self._covered = covered
         self._refusal: h11.Response | None = None
         self._reason = bytearray()
 
@@ -165,6 +190,8 @@ class ClientHandshake:
             headers.append(("Ptth-Strip-Prefix", "1"))
         if reg.instance:
             headers.append(("Ptth-Instance", reg.instance))
+        if self._covered:
+            headers.append(("Ptth-Covered-Workers", ", ".join(self._covered)))
         data = self._conn.send(h11.Request(method="POST", target=WELL_KNOWN_PATH, headers=headers))
         data += self._conn.send(h11.EndOfMessage()) or b""
         return data or b""
@@ -233,18 +260,38 @@ class ClientHandshake:
         valid = cap.isascii() and cap.isdigit() and 0 < int(cap) < 2**31
         max_streams = int(cap) if valid else None
         return Accepted(
-            tunnel_id=tunnel_id, hosts=hosts, trailing=bytes(trailing), max_streams=max_streams
+            tunnel_id=tunnel_id,
+            hosts=hosts,
+            trailing=bytes(trailing),
+            max_streams=max_streams,
+            worker=_worker_info(fields),
         )
+
+
+def _worker_info(fields: dict[bytes, str]) -> WorkerInfo | None:
+    """Ptth-Worker and Ptth-Workers of a 101; None when absent or invalid (a router of one
+    process, or an older one: the tunnel counts as it always did)."""
+    worker = fields.get(b"ptth-worker", "").strip()
+    count = fields.get(b"ptth-workers", "").strip()
+    if not (count.isascii() and count.isdigit() and len(count) <= 5):
+        return None
+    try:
+        return WorkerInfo(worker, int(count))
+    except ValueError:
+        return None
 
 
 class ServerHandshake:
     """Router side: parse the upgrade request, then produce the 101 or a refusal.
 
     ``path`` is the request target the upgrade must name (the front end's is configurable).
+    ``worker`` names this process when the router runs several (ARCHITECTURE.md, "Several
+    cores"): the 101 and refusals carry it, and a helper that lists it as covered gets 421.
     """
 
-    def __init__(self, *, path: bytes = WELL_KNOWN_PATH) -> None:
+    def __init__(self, *, path: bytes = WELL_KNOWN_PATH, worker: WorkerInfo | None = None) -> None:
         self._path = path
+        self._worker = worker
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         self._request: h11.Request | None = None
         self._received = 0
@@ -342,7 +389,20 @@ class ServerHandshake:
             strip_prefix=strip_text == "1",
         )
         registration.validate()
+        worker = self._worker
+        if worker is not None:
+            covered = ",".join(fields.get(b"ptth-covered-workers", []))
+            if worker.id in _split_list(covered):
+                # Before authentication on purpose: it registers nothing and reveals only the
+                # worker's id, which any 101 carries. The helper dials again (another worker).
+                raise HandshakeRefused(421, f"worker {worker.id} is already covered")
         return registration
+
+    def _worker_headers(self) -> list[tuple[str, str]]:
+        worker = self._worker
+        if worker is None:
+            return []
+        return [("Ptth-Worker", worker.id), ("Ptth-Workers", str(worker.count))]
 
     def accept(
         self, tunnel_id: str, hosts: tuple[str, ...], *, max_streams: int | None = None
@@ -358,6 +418,7 @@ class ServerHandshake:
         if max_streams is not None:
             # Lets the helper open more tunnels before this one fills (ARCHITECTURE.md).
             headers.append(("Ptth-Max-Streams", str(max_streams)))
+        headers += self._worker_headers()
         return self._conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
 
     def refuse(self, status: int, reason: str, *, retry_after: float | None = None) -> bytes:
@@ -377,6 +438,7 @@ class ServerHandshake:
             headers.append(("Upgrade", "reverse"))
         if retry_after is not None and math.isfinite(retry_after):
             headers.append(("Retry-After", str(max(0, math.ceil(retry_after)))))
+        headers += self._worker_headers()
         response = h11.Response(
             status_code=status, headers=headers, reason=REASONS.get(status, "Error").encode()
         )
