@@ -24,6 +24,7 @@ PURE = [
     "ptth/proto/address.py",
     "ptth/_upstream_url.py",
     "ptth/proto/ws_frames.py",
+    "ptth/httpsock/protocol.py",
     "ptth/errors.py",
     "router/routing.py",
     "router/balancer.py",
