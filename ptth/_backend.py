@@ -29,6 +29,7 @@ from ._backoff import Backoff
 from ._dial import ClientTLS, client_tls, dial, plaintext_token_warning
 from ._lifespan import Lifespan
 from ._scaling import ScalePolicy
+from ._workers import WorkerBook
 from .driver import Connection, Stream, StreamHandler
 from .engine import Liveness, Settings
 from .errors import (
@@ -178,6 +179,8 @@ class _Backend:
         self._dialling: dict[tuple[str, int], int] = {}
         self._handshake_slots: dict[tuple[str, int], anyio.Semaphore] = {}
         self._connectors: anyio.abc.TaskGroup | None = None
+        # Slots per router worker (ARCHITECTURE.md, "Several cores"; ptth/_workers.py).
+        self.workers = WorkerBook(options.connections)
 
     def _maybe_scale(self, host: str, port: int) -> None:
         """A stream started on a tunnel to (host, port): open an extra tunnel if all are full."""
@@ -263,6 +266,11 @@ class _Backend:
                 except BaseExceptionGroup as group:
                     raise unwrap(group, PTTHError) from None
             except HandshakeRefused as exc:
+                if exc.status == 421:  # a router worker this slot need not reach: dial again
+                    if self.workers.retire((host, port), slot):
+                        return
+                    await anyio.sleep(self.workers.redial_delay(self.rng))
+                    continue
                 failure = _describe_failure(router, exc)
                 if not exc.retryable:
                     hint = _FATAL_HINTS.get(exc.status, "the router will not accept it")
@@ -343,7 +351,8 @@ class _Backend:
             ) from None
         try:
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            handshake = ClientHandshake(self.registration, authority)
+            covered = self.workers.covered((host, port)) if slot >= 0 else ()
+            handshake = ClientHandshake(self.registration, authority, covered=covered)
             with anyio.fail_after(HANDSHAKE_TIMEOUT):
                 await sock.send(handshake.request_bytes())
                 accepted = None
@@ -385,6 +394,11 @@ class _Backend:
         self.tunnels.add(tunnel)
         group = self._by_router.setdefault((host, port), {})
         group[tunnel] = capacity
+        worker = accepted.worker if slot >= 0 else None
+        surplus = not self.workers.registered((host, port), worker)
+        if self._connectors is not None:  # the router named more workers: more slots
+            for extra in self.workers.new_slots((host, port)):
+                self._connectors.start_soon(self._connector, host, port, extra)
         if on_live is not None:
             on_live()
         backoff.connected(anyio.current_time())
@@ -392,13 +406,14 @@ class _Backend:
             async with anyio.create_task_group() as nursery:
                 await nursery.start(tunnel.run)
                 self.connected.set()
-                if self.draining:
+                if self.draining or surplus:
                     nursery.start_soon(tunnel.drain, self.options.drain_timeout)
                 elif slot < 0:
                     nursery.start_soon(self._close_when_idle, tunnel)
         finally:
             self.tunnels.discard(tunnel)
             group.pop(tunnel, None)
+            self.workers.dropped((host, port), worker)
             log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel.close_reason)
 
     async def _handle_stream(self, stream: Stream) -> None:

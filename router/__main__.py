@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -11,22 +14,66 @@ import trio
 
 from ptth.allocator import tune_allocator
 from ptth.errors import PTTHError
+from ptth.proto.handshake import WorkerInfo
 
+from . import worker_process
 from .config import load_config
 from .server import Router
+from .workers import supervise, worker_count
+
+
+def _worker_arguments() -> argparse.ArgumentParser:
+    """What the supervisor adds to a worker's command line (router/workers.py); not for users."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--worker-id")
+    p.add_argument("--worker-count", type=int)
+    p.add_argument("--worker-parent", type=int)
+    p.add_argument("--inherit-fd", action="append", default=[])
+    return p
+
+
+def _worker_context(args: argparse.Namespace) -> worker_process.WorkerContext:
+    info = WorkerInfo(args.worker_id, args.worker_count)
+    sockets: dict[str, tuple[int, ...]] = {}
+    for item in args.inherit_fd:
+        name, _, fds = item.partition("=")
+        sockets[name] = tuple(int(fd) for fd in fds.split(","))
+    index = int(info.id.rpartition("/")[2])
+    return worker_process.WorkerContext(index=index, info=info, sockets=sockets)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker drains (SIGTERM) when its supervisor dies, even by SIGKILL: an orphan holding
+    the shared port would take connections nobody supervises. Linux only (prctl)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != parent:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    worker_args, argv = _worker_arguments().parse_known_args(argv)
     try:
         config = load_config(argv)
-    except PTTHError as exc:
+        context = _worker_context(worker_args) if worker_args.worker_id else None
+    except (PTTHError, ValueError) as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
+    prefix = "" if context is None else f"worker {context.index} "
     logging.basicConfig(
         level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
     )
+    if context is None:
+        count = worker_count(config.workers)
+        if count > 1:
+            return supervise(config, argv, count)
+    else:
+        worker_process.set_current(context)
+        _die_with_parent(worker_args.worker_parent or os.getppid())
     try:
         router = Router(config)
     except PTTHError as exc:  # e.g. a TLS certificate that cannot be read

@@ -14,6 +14,8 @@ from ptth.errors import ConfigError
 
 __all__ = ["RouterConfig", "build_parser", "load_config"]
 
+MAX_WORKERS = 1024
+
 
 @dataclass(frozen=True)
 class RouterConfig:
@@ -67,6 +69,8 @@ class RouterConfig:
     max_in_flight: int = 10_000  # router-wide; above it new requests get 503 at once
     log_level: str = "INFO"
     access_log: bool = True
+    workers: str = "1"  # processes sharing the ports (ARCHITECTURE.md, "Several cores")
+    reuse_port: bool = True  # each worker its own listening sockets (SO_REUSEPORT)
 
     def __post_init__(self) -> None:
         for name in (
@@ -113,6 +117,9 @@ class RouterConfig:
             raise ConfigError(
                 "outlier_failures must be >= 0 and 0 < outlier_ejection <= outlier_max_ejection"
             )
+        workers = self.workers.strip().lower()
+        if workers != "auto" and not (workers.isdigit() and 1 <= int(workers) <= MAX_WORKERS):
+            raise ConfigError(f"workers must be 'auto' or a number from 1 to {MAX_WORKERS}")
 
 
 _HELP = {
@@ -186,6 +193,14 @@ _HELP = {
     "max_in_flight": "router-wide cap on requests in flight; above it: 503 without queueing",
     "log_level": "logging level",
     "access_log": "one log line per request (true/false)",
+    "workers": (
+        "worker processes sharing the front end and tunnel ports ('auto': one per core); "
+        "helpers hold a tunnel to each"
+    ),
+    "reuse_port": (
+        "with several workers, give each its own listening sockets (SO_REUSEPORT, the kernel "
+        "spreads connections); false: one socket shared by every worker"
+    ),
 }
 
 
