@@ -14,15 +14,16 @@ from ptth.errors import ConfigError
 
 __all__ = ["RouterConfig", "build_parser", "load_config"]
 
-MAX_WORKERS = 1024
-
 
 @dataclass(frozen=True)
 class RouterConfig:
     """Defaults follow ARCHITECTURE.md; each has a flag, a PTTH_* variable, a key."""
 
     http: str = "127.0.0.1:8888"
-    tunnel: str = "127.0.0.1:8887"
+    tunnel: str = "127.0.0.1:8887"  # "none": no separate tunnel port (front-end tunnels only)
+    front_end_tunnels: bool = True  # tunnels on the front end's port (plain handshake, ws)
+    tunnel_path: str = "/.well-known/ptth"  # the plain handshake's target on the front end
+    ws_path: str = "/.well-known/ptth/ws"  # WebSocket tunnels on the front end
     token: str | None = None
     response_timeout: float = 30.0
     response_idle_timeout: float = 300.0
@@ -69,8 +70,6 @@ class RouterConfig:
     max_in_flight: int = 10_000  # router-wide; above it new requests get 503 at once
     log_level: str = "INFO"
     access_log: bool = True
-    workers: str = "1"  # processes sharing the ports (ARCHITECTURE.md, "Several cores")
-    reuse_port: bool = True  # each worker its own listening sockets (SO_REUSEPORT)
 
     def __post_init__(self) -> None:
         for name in (
@@ -92,6 +91,16 @@ class RouterConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        for name in ("tunnel_path", "ws_path"):
+            path = getattr(self, name)
+            if not path.startswith("/") or not path.isascii() or not path.isprintable():
+                raise ConfigError(f"{name} must be a path starting with '/', got {path!r}")
+            if any(c in path for c in " ?#"):
+                raise ConfigError(f"{name} must be a plain path (no spaces, query or fragment)")
+        if self.tunnel_path == self.ws_path:
+            raise ConfigError("tunnel_path and ws_path must differ")
+        if self.tunnel.strip().lower() == "none" and not self.front_end_tunnels:
+            raise ConfigError("tunnel = none and no front-end tunnels: backends could not reach it")
         if self.dead_after < self.ping_interval:
             raise ConfigError("dead_after must be at least ping_interval")
         if self.token is not None and not self.token.strip():
@@ -117,14 +126,20 @@ class RouterConfig:
             raise ConfigError(
                 "outlier_failures must be >= 0 and 0 < outlier_ejection <= outlier_max_ejection"
             )
-        workers = self.workers.strip().lower()
-        if workers != "auto" and not (workers.isdigit() and 1 <= int(workers) <= MAX_WORKERS):
-            raise ConfigError(f"workers must be 'auto' or a number from 1 to {MAX_WORKERS}")
 
 
 _HELP = {
     "http": "front end address HOST:PORT (HTTP/1.1 and h2c)",
-    "tunnel": "tunnel listener address HOST:PORT where backends dial in",
+    "tunnel": (
+        "tunnel listener address HOST:PORT where backends dial in ('none': no separate port, "
+        "backends use the front end's)"
+    ),
+    "front_end_tunnels": (
+        "accept tunnels on the front end's port too (the plain handshake at tunnel_path, "
+        "WebSocket tunnels at ws_path); --no-front-end-tunnels refuses them (403)"
+    ),
+    "tunnel_path": "request target of the plain tunnel handshake on the front end",
+    "ws_path": "path of WebSocket tunnels (ws://, wss://) on the front end",
     "token": "require 'Authorization: Bearer TOKEN' on the tunnel port",
     "response_timeout": "seconds to wait for response headers (after the request) before 504",
     "response_idle_timeout": (
@@ -193,14 +208,6 @@ _HELP = {
     "max_in_flight": "router-wide cap on requests in flight; above it: 503 without queueing",
     "log_level": "logging level",
     "access_log": "one log line per request (true/false)",
-    "workers": (
-        "worker processes sharing the front end and tunnel ports ('auto': one per core); "
-        "helpers hold a tunnel to each"
-    ),
-    "reuse_port": (
-        "with several workers, give each its own listening sockets (SO_REUSEPORT, the kernel "
-        "spreads connections); false: one socket shared by every worker"
-    ),
 }
 
 
@@ -247,6 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         env = "PTTH_" + field.name.upper()
+        if isinstance(default, bool):
+            # "--flag" alone or "--flag true|false", and "--no-flag".
+            p.add_argument(
+                flag,
+                dest=field.name,
+                default=None,
+                nargs="?",
+                const="true",
+                help=f"{_HELP[field.name]} (default: {default}; env {env})",
+            )
+            p.add_argument(
+                "--no-" + flag[2:],
+                dest=field.name,
+                action="store_const",
+                const="false",
+                help=argparse.SUPPRESS,
+            )
+            continue
         p.add_argument(
             flag,
             dest=field.name,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.abc
 import trio
+from anyio.streams.stapled import MultiListener
 
 from ptth.proto.address import format_address, parse_address
 
@@ -21,6 +22,7 @@ from .proxy_ws import forward_websocket
 from .registry import Registry
 from .tunnel_listener import TunnelListener
 from .tunnel_tls import plaintext_token_warning
+from .ws_tunnel import serve_ws_tunnel
 
 __all__ = ["Router", "RouterAddresses"]
 
@@ -32,7 +34,7 @@ class RouterAddresses:
     """Where the router actually listens (ports resolved when the config said 0)."""
 
     http: tuple[str, int]
-    tunnel: tuple[str, int]
+    tunnel: tuple[str, int] | None  # None: no separate tunnel port (``--tunnel none``)
     tls: bool = False
 
     @property
@@ -41,7 +43,15 @@ class RouterAddresses:
 
     @property
     def tunnel_addr(self) -> str:
+        """The tunnel port as HOST:PORT (LookupError with ``--tunnel none``)."""
+        if self.tunnel is None:
+            raise LookupError("this router has no separate tunnel port (--tunnel none)")
         return format_address(*self.tunnel)
+
+    @property
+    def front_end_addr(self) -> str:
+        """Where a backend dials the front end: ``tcp://`` or ``tls://`` HOST:PORT."""
+        return ("tls://" if self.tls else "tcp://") + format_address(*self.http)
 
 
 class Router:
@@ -82,15 +92,29 @@ class Router:
             max_connections=config.max_connections,
             max_connections_per_client=config.max_connections_per_client,
             drain_timeout=config.drain_timeout,
+            tunnel=self._front_end_tunnel if config.front_end_tunnels else None,
         )
+        self._tunnel_path = config.tunnel_path.encode("ascii")
+        self._ws_path = config.ws_path.encode("ascii")
         self._shutdown = trio.Event()
 
     async def handle(self, exchange: Exchange) -> None:
-        """Every user request: a WebSocket session or a plain request, proxied."""
-        if exchange.request.protocol == b"websocket":
+        """Every user request: a WebSocket tunnel (ARCHITECTURE.md, "Transports"), or a
+        WebSocket session or a plain request, proxied."""
+        if exchange.request.target.partition(b"?")[0] == self._ws_path:
+            await serve_ws_tunnel(exchange, self.listener, allowed=self.config.front_end_tunnels)
+        elif exchange.request.protocol == b"websocket":
             await forward_websocket(self.context, exchange)
         else:
             await forward(self.context, exchange)
+
+    async def _front_end_tunnel(
+        self, sock: anyio.abc.ByteStream, initial: bytes, client: tuple[str, int]
+    ) -> None:
+        """A plain ReverseHTTP handshake on the front end's port: the tunnel port's rules."""
+        await self.listener.accept_stream(
+            sock, initial=initial, client=client[0], transport="front end", path=self._tunnel_path
+        )
 
     def shutdown(self) -> None:
         """Start the graceful drain; ``serve`` returns when it is done."""
@@ -106,22 +130,29 @@ class Router:
     async def serve(
         self, *, task_status: trio.TaskStatus[RouterAddresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        tunnel_host, tunnel_port = parse_address(self.config.tunnel, allow_port_zero=True)
+        separate = self.config.tunnel.strip().lower() != "none"
         front_host, front_port = parse_address(self.config.http, allow_port_zero=True)
         # A worker of several inherits its sockets (ARCHITECTURE.md, "Several cores").
         front = await worker_process.listen("http", front_host, front_port)
-        try:
-            tunnels = await worker_process.listen("tunnel", tunnel_host, tunnel_port)
-        except BaseException:
-            await front.aclose()
-            raise
+        tunnels: MultiListener[anyio.abc.SocketStream] | None = None
+        tunnel_bound: tuple[str, int] | None = None
+        if separate:
+            try:
+                tunnel_host, tunnel_port = parse_address(self.config.tunnel, allow_port_zero=True)
+                tunnels = await worker_process.listen("tunnel", tunnel_host, tunnel_port)
+            except BaseException:
+                await front.aclose()
+                raise
+            bound = tunnels.extra(anyio.abc.SocketAttribute.local_address)
+            tunnel_bound = (str(bound[0]), int(bound[1]))
         front_bound = front.extra(anyio.abc.SocketAttribute.local_address)
-        tunnel_bound = tunnels.extra(anyio.abc.SocketAttribute.local_address)
         async with trio.open_nursery() as nursery:
             tunnel_scope = trio.CancelScope()
             front_scope = trio.CancelScope()
 
             async def run_tunnel_port() -> None:
+                if tunnels is None:
+                    return
                 with tunnel_scope:
                     async with tunnels:
                         listeners = [
@@ -158,12 +189,24 @@ class Router:
             nursery.start_soon(run_front)
             addresses = RouterAddresses(
                 http=(str(front_bound[0]), int(front_bound[1])),
-                tunnel=(str(tunnel_bound[0]), int(tunnel_bound[1])),
+                tunnel=tunnel_bound,
                 tls=self.front.tls is not None,
             )
-            log.info(
-                "front end on %s, tunnel port on %s", addresses.http_url, addresses.tunnel_addr
-            )
+            # The first line's shape is what scripts (and tests) read the ports from.
+            if tunnel_bound is not None:
+                log.info(
+                    "front end on %s, tunnel port on %s", addresses.http_url, addresses.tunnel_addr
+                )
+            else:
+                log.info("front end on %s, no separate tunnel port", addresses.http_url)
+            if self.config.front_end_tunnels:
+                log.info(
+                    "front end takes tunnels too: backends may dial %s, or %s://%s%s",
+                    addresses.front_end_addr,
+                    "wss" if addresses.tls else "ws",
+                    format_address(*addresses.http),
+                    self.config.ws_path,
+                )
             task_status.started(addresses)
             await self._shutdown.wait()
             log.info("shutting down: draining requests and tunnels")
@@ -174,8 +217,11 @@ class Router:
             front_scope.cancel()
             with trio.move_on_after(self.config.drain_timeout):
                 await self.front.wait_closed()
-            connections.cancel()
+            # Tunnels on the front end's port (plain handshake, WebSocket) live in its
+            # connections' tasks but no longer count as users: drain them with the others
+            # before those tasks are cancelled.
             with trio.move_on_after(self.config.drain_timeout):
                 await self.listener.drain()
+            connections.cancel()
             tunnel_scope.cancel()
             log.info("router stopped")

@@ -292,7 +292,8 @@ class TunnelListener:
 
     def _authorizer(self) -> Authorizer:
         cfg = self.config
-        reserved = reserved_hosts((cfg.http, cfg.tunnel), cfg.reserved_hosts, cfg.domain)
+        listening = [cfg.http] + ([cfg.tunnel] if cfg.tunnel.strip().lower() != "none" else [])
+        reserved = reserved_hosts(listening, cfg.reserved_hosts, cfg.domain)
         authorizer = Authorizer(
             token=cfg.token, tokens=self.tokens, domain=cfg.domain, reserved=reserved
         )

@@ -113,6 +113,11 @@ class Exchange(ABC):
 
     # -- WebSockets --------------------------------------------------------------------------
 
+    def carries_tunnel(self) -> None:  # noqa: B027 (a hook; most protocols need nothing)
+        """The exchange now carries a backend's tunnel (a WebSocket tunnel): its connection no
+        longer counts as a user's for the caps, and the router's drain closes it with the
+        tunnels, not before them (ARCHITECTURE.md, "Transports")."""
+
     @abstractmethod
     async def accept_websocket(self, subprotocol: str | None, headers: Headers) -> None:
         """Accept the user's WebSocket: 101 (HTTP/1.1) or 200 (RFC 8441). Afterwards

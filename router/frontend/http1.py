@@ -46,6 +46,11 @@ _FRAMING_NOMINEES = frozenset({b"content-length", b"transfer-encoding", b"host"}
 
 Handler = Callable[[Exchange], Awaitable[None]]
 Upgrade = Callable[[anyio.abc.ByteStream, bytes, UserRequest, bytes], Awaitable[None]]
+# A ReverseHTTP handshake on the front end: the socket and every byte read from it so far.
+Tunnel = Callable[[anyio.abc.ByteStream, bytes], Awaitable[None]]
+NO_FRONT_END_TUNNELS = (
+    "this router takes no tunnels on its public port (--no-front-end-tunnels); dial its tunnel port"
+)
 
 
 class ClientGoneError(Exception):
@@ -89,6 +94,8 @@ class H1Connection:
         initial: bytes = b"",
         upgrade_h2c: Upgrade | None = None,
         draining: Callable[[], bool] = lambda: False,
+        tunnel: Tunnel | None = None,
+        on_tunnel: Callable[[], None] = lambda: None,
     ) -> None:
         self.sock = sock
         self.handler = handler
@@ -99,6 +106,8 @@ class H1Connection:
         self.pending = bytearray(initial)
         self.upgrade_h2c = upgrade_h2c
         self.draining = draining
+        self.tunnel = tunnel  # None: tunnel handshakes are refused (403)
+        self.on_tunnel = on_tunnel  # the connection now carries a tunnel, not a user
         self.eof = False
         self.requests = 0
         self.idle = True  # between requests: a drain may close the connection now
@@ -133,6 +142,9 @@ class H1Connection:
             except h11.RemoteProtocolError as exc:
                 await self._refuse(exc.error_status_hint, f"malformed request: {exc}")
                 return
+            if exchange.reverse:
+                await self._hand_over(exchange)
+                return
             if exchange.h2c_settings is not None and self.upgrade_h2c is not None:
                 await exchange.switch_to_h2c()
                 return
@@ -147,6 +159,16 @@ class H1Connection:
                     await linger_close(self.sock, timeout=2.0)
                 return
             self.pending = bytearray(exchange.conn.trailing_data[0]) + exchange.read_ahead
+
+    async def _hand_over(self, exchange: H1Exchange) -> None:
+        """A ReverseHTTP handshake (``Upgrade: reverse``) is never a user's request: the socket
+        and every byte read so far go to the tunnel listener, which parses the handshake again
+        and runs the tunnel port's admission and limits (ARCHITECTURE.md, "Transports")."""
+        if self.tunnel is None:
+            await self._refuse(403, NO_FRONT_END_TUNNELS)
+            return
+        self.on_tunnel()
+        await self.tunnel(self.sock, exchange.raw)
 
     async def _handle(self, exchange: H1Exchange) -> None:
         try:
@@ -239,6 +261,8 @@ class H1Exchange(Exchange):
         self.response_started = False
         self.close_after = False
         self.h2c_settings: bytes | None = None
+        self.reverse = False  # a ReverseHTTP tunnel handshake: handed over, never proxied
+        self.raw = b""  # the bytes parsed: the head and whatever came after it
         self._head = b""
         self._lookahead: h11.Data | h11.EndOfMessage | None = None
         self._wants_trailers = False
@@ -254,7 +278,7 @@ class H1Exchange(Exchange):
     def parse(self, head_size: int) -> None:
         owner = self.owner
         conn = self.conn
-        data = bytes(owner.pending)
+        data = self.raw = bytes(owner.pending)
         owner.pending = bytearray()
         conn.receive_data(data)
         event = conn.next_event()
@@ -299,6 +323,10 @@ class H1Exchange(Exchange):
             self._chunks = ChunkScanner()
             self._chunks.feed(data[head_size:])
         protocol: bytes | None = None
+        upgrades = {t.strip() for t in upgrade.split(b",")}
+        if b"upgrade" in connection_tokens and b"reverse" in upgrades:
+            self.reverse = True
+            return
         if b"upgrade" in connection_tokens and upgrade == b"websocket":
             if method != b"GET":
                 raise HeadError(400, "a WebSocket handshake must be a GET (RFC 6455 §4.1)")
@@ -509,6 +537,9 @@ class H1Exchange(Exchange):
 
     def abort(self) -> None:
         self.aborted = True
+
+    def carries_tunnel(self) -> None:
+        self.owner.on_tunnel()
 
     async def accept_websocket(self, subprotocol: str | None, headers: Headers) -> None:
         assert self._websocket_key is not None

@@ -31,6 +31,9 @@ __all__ = ["FrontEnd"]
 log = logging.getLogger("router.frontend")
 
 Handler = Callable[[Exchange], Awaitable[None]]
+# A tunnel handshake on the front end: the socket (TLS already terminated), every byte read from
+# it so far, and the client's address (router/tunnel_listener.py, ``accept_stream``).
+TunnelHandler = Callable[[anyio.abc.ByteStream, bytes, tuple[str, int]], Awaitable[None]]
 _BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
 
@@ -57,8 +60,10 @@ class FrontEnd:
         max_connections: int = 10_000,
         max_connections_per_client: int = 2500,
         drain_timeout: float = 30.0,
+        tunnel: TunnelHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.tunnel = tunnel  # None: tunnel handshakes on this port are refused (403)
         self.limits = limits
         self.tls = tls
         self.h2c_upgrade = h2c_upgrade
@@ -86,23 +91,36 @@ class FrontEnd:
             return
         self.connections += 1
         self.per_client[host] += 1
-        try:
-            await self._serve(sock, client)
-        except _BROKEN:
-            pass
-        except Exception:
-            log.exception("front end: connection from %s failed", host)
-        finally:
+        counted = True
+
+        def release() -> None:
+            """Once: the connection is closed, or it now carries a tunnel (which the tunnel
+            listener's admission and drain cover, not the user caps and the users' drain)."""
+            nonlocal counted
+            if not counted:
+                return
+            counted = False
             self.connections -= 1
             self.per_client[host] -= 1
             if not self.per_client[host]:
                 del self.per_client[host]
             if not self.connections:
                 self._idle.set()
+
+        try:
+            await self._serve(sock, client, release)
+        except _BROKEN:
+            pass
+        except Exception:
+            log.exception("front end: connection from %s failed", host)
+        finally:
+            release()
             with trio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(sock)
 
-    async def _serve(self, sock: anyio.abc.ByteStream, client: tuple[str, int]) -> None:
+    async def _serve(
+        self, sock: anyio.abc.ByteStream, client: tuple[str, int], release: Callable[[], None]
+    ) -> None:
         server = _address(sock, anyio.abc.SocketAttribute.local_address)
         scheme = b"http"
         initial = b""
@@ -131,7 +149,7 @@ class FrontEnd:
         if http2:
             await self._run_h2(sock, client, server, scheme, initial)
         else:
-            await self._run_h1(sock, client, server, scheme, initial)
+            await self._run_h1(sock, client, server, scheme, initial, release)
 
     @staticmethod
     async def _sniff(sock: anyio.abc.ByteStream) -> bytes:
@@ -152,11 +170,19 @@ class FrontEnd:
         server: tuple[str, int],
         scheme: bytes,
         initial: bytes,
+        release: Callable[[], None],
     ) -> None:
         async def upgrade(
             raw: anyio.abc.ByteStream, rest: bytes, request: UserRequest, settings: bytes
         ) -> None:
             await self._run_h2(raw, client, server, scheme, rest, upgraded=(request, settings))
+
+        tunnel = None
+        if self.tunnel is not None:
+            handler = self.tunnel
+
+            async def tunnel(raw: anyio.abc.ByteStream, read: bytes) -> None:
+                await handler(raw, read, client)
 
         connection = H1Connection(
             sock,
@@ -168,6 +194,8 @@ class FrontEnd:
             initial=initial,
             upgrade_h2c=upgrade if self.h2c_upgrade else None,
             draining=lambda: self.draining,
+            tunnel=tunnel,
+            on_tunnel=release,
         )
         scope = trio.CancelScope()
         self._h1.add(connection)
