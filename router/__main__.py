@@ -67,11 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
     )
-    if context is None:
-        count = worker_count(config.workers)
-        if count > 1:
-            return supervise(config, argv, count)
-    else:
+    if context is not None:
         worker_process.set_current(context)
         _die_with_parent(worker_args.worker_parent or os.getppid())
     try:
@@ -79,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PTTHError as exc:  # e.g. a TLS certificate that cannot be read
         print(f"router: {exc}", file=sys.stderr)
         return 2
+    count = worker_count(config.workers)
+    if context is None and count > 1:
+        # The Router above only checked the files every worker will load: a bad one is
+        # reported once, here, rather than by each worker until the supervisor gives up.
+        return supervise(config, argv, count)
 
     async def run() -> None:
         wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

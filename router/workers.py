@@ -148,6 +148,7 @@ class Supervisor:
         self.tunnel = tunnel[0][0].getsockname()[:2] if tunnel[0] else None
         self.stopping = False
         self.gave_up = False
+        self.restart_base = RestartPolicy.base  # seconds before the first restart
 
     def close_sockets(self) -> None:
         for sock in self._all:
@@ -220,7 +221,7 @@ class Supervisor:
                 worker.process.send_signal(signum)
 
     async def _keep(self, worker: _Worker) -> None:
-        policy = RestartPolicy()
+        policy = RestartPolicy(base=self.restart_base)
         while not self.stopping:
             fds = [s.fileno() for socks in worker.sockets.values() for s in socks]
             started = trio.current_time()
