@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 
 from .errors import ConfigError
+from .httpsock._router import dial_router
 from .proto.address import RouterAddress
 from .proto.connect import ProxyURL
 from .transport import tcp, websocket
@@ -45,6 +46,7 @@ class Dialler(Protocol):
 DIALLERS: dict[str, Dialler] = {
     "tcp": tcp.dial,
     "ws": websocket.dial,
+    "httpsock": dial_router,
 }
 
 

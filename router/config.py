@@ -24,6 +24,10 @@ class RouterConfig:
     front_end_tunnels: bool = True  # tunnels on the front end's port (plain handshake, ws)
     tunnel_path: str = "/.well-known/ptth"  # the plain handshake's target on the front end
     ws_path: str = "/.well-known/ptth/ws"  # WebSocket tunnels on the front end
+    httpsock_path: str = "/.well-known/ptth/socket"  # httpsock tunnels (http://, https://)
+    httpsock_max_sessions: int = 1000
+    httpsock_poll_timeout: float = 25.0  # a held GET with nothing to say is answered 204
+    httpsock_idle_timeout: float = 60.0  # a session with no request for this long expires
     token: str | None = None
     response_timeout: float = 30.0
     response_idle_timeout: float = 300.0
@@ -140,6 +144,10 @@ _HELP = {
     ),
     "tunnel_path": "request target of the plain tunnel handshake on the front end",
     "ws_path": "path of WebSocket tunnels (ws://, wss://) on the front end",
+    "httpsock_path": "path of httpsock tunnels (socket over plain HTTP; http://, https://)",
+    "httpsock_max_sessions": "cap on httpsock sessions; over it: 503 with Retry-After",
+    "httpsock_poll_timeout": "seconds an httpsock GET is held open when there is nothing to send",
+    "httpsock_idle_timeout": "seconds without any request after which an httpsock session expires",
     "token": "require 'Authorization: Bearer TOKEN' on the tunnel port",
     "response_timeout": "seconds to wait for response headers (after the request) before 504",
     "response_idle_timeout": (

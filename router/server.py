@@ -16,6 +16,7 @@ from . import worker_process
 from .config import RouterConfig
 from .frontend import FrontEnd, FrontLimits, TLSFiles
 from .frontend.exchange import Exchange
+from .httpsock_front import HttpSockFront
 from .proxy_common import ProxyContext
 from .proxy_http import forward
 from .proxy_ws import forward_websocket
@@ -65,6 +66,7 @@ class Router:
             queue_timeout=config.queue_timeout,
         )
         self.listener = TunnelListener(config, self.registry)
+        self.httpsock = HttpSockFront(config, self.listener)
         warning = plaintext_token_warning(config)
         if warning is not None:
             log.warning("%s", warning)
@@ -103,6 +105,8 @@ class Router:
         WebSocket session or a plain request, proxied."""
         if exchange.request.target.partition(b"?")[0] == self._ws_path:
             await serve_ws_tunnel(exchange, self.listener, allowed=self.config.front_end_tunnels)
+        elif self.httpsock.matches(exchange.request.target):
+            await self.httpsock.handle(exchange)
         elif exchange.request.protocol == b"websocket":
             await forward_websocket(self.context, exchange)
         else:
@@ -187,6 +191,7 @@ class Router:
 
             nursery.start_soon(run_tunnel_port)
             nursery.start_soon(run_front)
+            nursery.start_soon(self.httpsock.serve)
             addresses = RouterAddresses(
                 http=(str(front_bound[0]), int(front_bound[1])),
                 tunnel=tunnel_bound,
@@ -224,4 +229,5 @@ class Router:
                 await self.listener.drain()
             connections.cancel()
             tunnel_scope.cancel()
+            self.httpsock.stop()
             log.info("router stopped")

@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from ..errors import ConfigError, HandshakeRefused
+from ..errors import ConfigError, ForwardProxyError, HandshakeRefused, TunnelTLSError
 from . import protocol as p
 from ._tasks import Pump
 from .protocol import ClientSession, Limits
@@ -55,7 +55,9 @@ class ClientStream(anyio.abc.ByteStream):
         *,
         retry_for: float,
         owns_client: bool,
+        extensions: dict[str, Any] | None = None,
     ) -> None:
+        self._extensions = extensions or {}
         self._client = client
         self._url = url
         self._headers = dict(headers)
@@ -159,7 +161,9 @@ class ClientStream(anyio.abc.ByteStream):
             headers[p.RESET] = "1"
         with anyio.move_on_after(CLOSE_TIMEOUT):
             try:
-                await self._client.delete(self._url, params=_bust(), headers=headers)
+                await self._client.delete(
+                    self._url, params=_bust(), headers=headers, extensions=self._extensions
+                )
             except httpx.HTTPError as exc:
                 log.debug("httpsock DELETE failed: %s", exc)
 
@@ -182,6 +186,7 @@ class ClientStream(anyio.abc.ByteStream):
                     headers={**self._headers, **headers},
                     content=content,
                     timeout=timeout,
+                    extensions=self._extensions,
                 )
                 if response.status_code not in (429, 502, 503, 504):
                     return response
@@ -256,6 +261,7 @@ async def dial(
     timeout: float = 30.0,
     retry_for: float | None = None,
     http_client: httpx.AsyncClient | None = None,
+    connect_ip: str | None = None,
 ) -> ClientStream:
     """Open an httpsock session at ``url`` (``http://`` or ``https://``, the listener's base)
     and return it as a byte stream.
@@ -266,6 +272,8 @@ async def dial(
     client's address), so its token alone opens nothing. ``retry_for`` is how long requests are
     retried before the stream breaks (default: the idle timeout, after which the server has
     expired the session anyway). ``http_client`` reuses a client of your own (not closed here).
+    ``connect_ip`` connects to that address of the URL's host name (``Host`` and the TLS name
+    stay the URL's).
 
     Raises :class:`~ptth.errors.HandshakeRefused` when the server answers the POST with
     anything but ``201``, ``OSError`` (``ConnectionError``) or ``TimeoutError`` when it cannot
@@ -277,6 +285,16 @@ async def dial(
     extra = dict(headers or {})
     if authorization is not None:
         extra["authorization"] = authorization
+    extensions: dict[str, Any] = {}
+    if connect_ip is not None:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"bad httpsock URL {url!r}: {exc}") from None
+        extra.setdefault("host", parsed.netloc.decode("ascii"))
+        if parsed.scheme == "https":
+            extensions["sni_hostname"] = parsed.host
+        url = str(parsed.copy_with(host=connect_ip))
     owns = http_client is None
     if http_client is None:
         http_client = httpx.AsyncClient(
@@ -288,7 +306,9 @@ async def dial(
         )
     try:
         with anyio.fail_after(timeout):
-            response = await http_client.post(url, params=_bust(), headers=extra)
+            response = await http_client.post(
+                url, params=_bust(), headers=extra, extensions=extensions
+            )
         if response.status_code != 201:
             retry_after = response.headers.get("retry-after")
             raise HandshakeRefused(
@@ -324,9 +344,15 @@ async def dial(
         if owns:
             await http_client.aclose()
         raise TimeoutError(f"httpsock server {url} did not answer in time") from None
+    except httpx.ProxyError as exc:
+        if owns:
+            await http_client.aclose()
+        raise ForwardProxyError(f"the proxy did not open the way to {url}: {exc}") from None
     except httpx.TransportError as exc:
         if owns:
             await http_client.aclose()
+        if _tls_failure(exc):
+            raise TunnelTLSError(f"TLS with {url} failed: {_tls_failure(exc)}") from None
         raise ConnectionError(f"cannot reach httpsock server {url}: {exc}") from None
     except BaseException:
         if owns:
@@ -341,4 +367,17 @@ async def dial(
         limits,
         retry_for=limits.idle_timeout if retry_for is None else retry_for,
         owns_client=owns,
+        extensions=extensions,
     )
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The TLS error under an httpx error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate not accepted: {seen.verify_message or seen.reason}"
+        if isinstance(seen, ssl.SSLError):
+            return str(seen.reason or seen)
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -382,7 +382,8 @@ class Listener:
 
 async def _send(send: Send, response: Response) -> None:
     headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers]
-    headers.append((b"content-length", str(len(response.body)).encode()))
+    if response.status != 204:  # a 204 has no Content-Length (RFC 9110 §8.6)
+        headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
 

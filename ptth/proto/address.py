@@ -43,6 +43,7 @@ class _Scheme:
 
 
 WS_PATH = "/.well-known/ptth/ws"
+HTTPSOCK_PATH = "/.well-known/ptth/socket"  # socket over plain HTTP requests (ptth.httpsock)
 
 # How a helper reaches a router, by URL scheme (ARCHITECTURE.md, "Transports"). One table so
 # that every transport is a row, with the parser unchanged.
@@ -51,6 +52,8 @@ _SCHEMES = {
     "tls": _Scheme(tls=True, transport="tcp"),  # the same over TLS, the certificate verified
     "ws": _Scheme(tls=False, transport="ws", default_path=WS_PATH),  # in WebSocket messages
     "wss": _Scheme(tls=True, transport="ws", default_path=WS_PATH),  # ... over TLS
+    "http": _Scheme(tls=False, transport="httpsock", default_path=HTTPSOCK_PATH),  # plain HTTP
+    "https": _Scheme(tls=True, transport="httpsock", default_path=HTTPSOCK_PATH),  # ... HTTPS
 }
 ROUTER_SCHEMES = tuple(_SCHEMES)
 

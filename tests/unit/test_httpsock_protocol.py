@@ -307,3 +307,22 @@ def test_offsets_are_plain_decimals(text: str) -> None:
     if value is not None:
         assert text.strip().isdigit() and value == int(text.strip())
     assert parse_offset("1" * 21) is None and parse_offset("-1") is None
+
+
+def test_http_and_https_router_addresses_pick_httpsock() -> None:
+    from ptth.proto.address import parse_router_address
+
+    plain = parse_router_address("http://127.0.0.1:8888")
+    assert (plain.transport, plain.tls, plain.target) == (
+        "httpsock",
+        False,
+        "/.well-known/ptth/socket",
+    )
+    secure = parse_router_address("HTTPS://Router.Example:443/edge/socket")
+    assert (secure.transport, secure.tls, secure.host, secure.target) == (
+        "httpsock",
+        True,
+        "router.example",
+        "/edge/socket",
+    )
+    assert parse_router_address(str(secure)) == secure

@@ -54,7 +54,7 @@ def test_properties_and_round_trip() -> None:
         ("::1:8887", "IPv6 in brackets"),
         ("tls://[not-v6]:1", "HOST:PORT"),
         ("udp://localhost:1", "one of tcp://, tls://"),
-        ("https://localhost:1", "one of tcp://, tls://"),
+        ("ftp://localhost:1", "one of tcp://, tls://"),
         ("tls://:1", "no valid host"),
         ("tls://user:pw@localhost:1", "credentials"),
         ("tls://localhost:1/path", "host and port only"),

@@ -1,0 +1,135 @@
+"""Tunnels over httpsock (issue 9, items 1 and 3): a helper given ``http://HOST:PORT`` dials the
+router's front end at ``/.well-known/ptth/socket`` and serves requests through it, on both helper
+loops, WebSockets included; ``python -m ptth --router http://...``; ``--no-front-end-tunnels``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+
+import httpx
+import pytest
+import trio
+
+from ptth.errors import HandshakeRefused
+from tests.e2e.apps_websocket import make_app as make_ws_app
+from tests.support import (
+    child,
+    make_hello_app,
+    require_module,
+    start_backend,
+    start_router,
+)
+
+require_module("websockets", reason="the websockets client is not installed")
+from websockets.sync.client import connect as sync_connect  # noqa: E402 (after the availability check)
+
+
+async def test_requests_through_an_httpsock_tunnel(helper_loop: str) -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tunnel="none")
+        backend = await start_backend(
+            nursery,
+            make_hello_app("hs"),
+            router.url,  # http://: the scheme picks httpsock, loop=helper_loop
+        )
+        await router.wait_tunnels(1)
+        body = hashlib.sha256(b"x").digest() * (2 * 1024 * 1024 // 32)  # 2 MiB, echoed
+        async with httpx.AsyncClient(base_url=router.url, timeout=20) as client:
+            for _ in range(20):
+                answer = await client.get("/anything")
+                assert answer.status_code == 200 and answer.text == "bar"
+                assert answer.headers["x-backend"] == "hs"
+            echoed = await client.post("/echo", content=body)
+            assert echoed.status_code == 200 and echoed.content == body
+            # Concurrent requests share the one tunnel (HTTP/2 streams over the session).
+            async with trio.open_nursery() as many:
+                results: list[int] = []
+
+                async def one() -> None:
+                    results.append((await client.get("/c")).status_code)
+
+                for _ in range(30):
+                    many.start_soon(one)
+            assert results == [200] * 30
+        assert router.tunnel_count() == 1
+        assert len(router.router.httpsock.listener.table) == 1
+        await backend.stop()
+        assert backend.error is None
+        with trio.fail_after(10):  # the drained helper DELETEs its session
+            while len(router.router.httpsock.listener.table) or router.tunnel_count():
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+async def test_websocket_through_an_httpsock_tunnel(helper_loop: str) -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        await start_backend(nursery, make_ws_app("b1"), router.url, loop=helper_loop)
+        await router.wait_tunnels(1)
+
+        def client() -> None:
+            url = router.url.replace("http://", "ws://", 1) + "/echo"
+            with sync_connect(url, proxy=None, open_timeout=10, close_timeout=5) as ws:
+                for message in ("hello", b"\x00\xff" * 5000, "over http requests"):
+                    ws.send(message)
+                    assert ws.recv(timeout=10) == message
+
+        assert len(router.router.httpsock.listener.table) == 1  # the tunnel is httpsock
+        await trio.to_thread.run_sync(client)
+        nursery.cancel_scope.cancel()
+
+
+async def test_front_end_tunnels_off_refuses_httpsock() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, front_end_tunnels=False)
+        backend = await start_backend(nursery, make_hello_app("x"), router.url)
+        with trio.fail_after(10):
+            await backend.done.wait()
+        assert isinstance(backend.error, HandshakeRefused) and backend.error.status == 403
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(router.url + "/.well-known/ptth/socket")
+        assert answer.status_code == 403 and answer.headers["cache-control"] == "no-store"
+        assert router.tunnel_count() == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_httpsock_path_is_configurable_and_answers_no_store() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, httpsock_path="/hidden/sock")
+        url = router.url + "/hidden/sock"
+        await start_backend(nursery, make_hello_app("p"), url)
+        await router.wait_tunnels(1)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(router.url + "/x")).text == "bar"
+            forged = await http.get(url + "/" + "A" * 43, headers={"x-ack": "0"})
+            assert forged.status_code == 404 and forged.headers["cache-control"] == "no-store"
+            # The default path is now just an app's path (routed to the backend).
+            assert (await http.get(router.url + "/.well-known/ptth/socket")).text == "bar"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(60)
+async def test_cli_child_over_httpsock() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        async with child(
+            nursery,
+            "-m",
+            "ptth",
+            "tests.e2e.apps_identities:app",
+            "--router",
+            router.url,
+            "--loop",
+            "asyncio",
+            PTTH_TEST_NAME="cli",
+        ) as helper:
+            await helper.wait_for(re.compile(rb"registered"), timeout=20)
+            await router.wait_tunnels(1)
+            get = functools.partial(httpx.get, timeout=10)
+            answer = await trio.to_thread.run_sync(get, router.url + "/plain")
+            assert answer.status_code == 200 and answer.headers["x-backend"] == "cli"
+            assert len(router.router.httpsock.listener.table) == 1  # the tunnel is httpsock
+        nursery.cancel_scope.cancel()
