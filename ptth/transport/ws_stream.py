@@ -9,8 +9,11 @@ pings are answered, messages are bounded (over the limit: close 1009).
 The end of the stream is faithful: the peer's close frame with 1000, 1001 or no code is EOF
 (``EndOfStream`` once the buffered bytes are read); any other close, a text message (1003), a
 protocol error, or the transport ending without a close frame (1006) is
-``BrokenResourceError``. ``send_eof`` sends our close frame: WebSocket closes are half-closes,
-the peer may send until its own close (RFC 6455 §5.5.1). Backpressure is the transport's:
+``BrokenResourceError``. ``send_eof`` sends our close frame, a half-close: the peer may send
+until its own close. The peer's close is answered at once and nothing may follow our close
+(RFC 6455 §5.5.1), so after the peer's EOF a ``send`` fails: unlike TCP, only the side that
+closes first keeps a direction open (the tunnel's drain closes last, ARCHITECTURE.md,
+"The driver"). Backpressure is the transport's:
 ``receive`` reads only when its buffer is empty, ``send`` returns once the transport took the
 frames.
 """
