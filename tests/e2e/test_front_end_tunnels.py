@@ -319,7 +319,7 @@ async def test_wss_and_tls_tunnels_on_a_tls_front_end(
     helper_loop: str, ca: tuple[trustme.CA, Path, Path, Path]
 ) -> None:
     require_module("websockets", reason="the websockets client is not installed")
-    authority, ca_pem, cert, key = ca
+    _authority, ca_pem, cert, key = ca
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, tls_cert=str(cert), tls_key=str(key), tunnel="none")
         port = router.addresses.http[1]
