@@ -29,6 +29,7 @@ from ._backoff import Backoff
 from ._dial import ClientTLS, client_tls, dial, plaintext_token_warning
 from ._lifespan import Lifespan
 from ._scaling import ScalePolicy
+from ._targets import Target, expands, resolve, watch
 from ._workers import WorkerBook
 from .driver import Connection, Stream, StreamHandler
 from .engine import Liveness, Settings
@@ -42,7 +43,7 @@ from .errors import (
 )
 from .groups import unwrap
 from .identity import certificate_fingerprint, load_or_create
-from .proto.address import RouterAddress, format_address, parse_address, parse_router_address
+from .proto.address import RouterAddress, parse_address, parse_router_address
 from .proto.connect import ProxyURL, proxy_for
 from .proto.handshake import ClientHandshake, Registration
 from .proto.headers import parse_request_block
@@ -122,6 +123,9 @@ class BackendOptions:
     # The HTTP forward proxy to CONNECT through (http://[user:password@]host:port); None: the
     # environment's HTTPS_PROXY / HTTP_PROXY / NO_PROXY; "" or "none": never a proxy.
     proxy: str | None = field(default=None, repr=False)
+    # A router name that resolves to several addresses: each is dialled as a router, and the
+    # name is looked up again this often (and after a failed dial, at most once a second).
+    resolve_interval: float = 30.0
 
 
 class _Backend:
@@ -138,20 +142,17 @@ class _Backend:
             raise ConfigError("give exactly one of an ASGI app or a stream handler")
         self.app = app
         self.handler = handler
-        # Tunnels are keyed by (host, port); the scheme is looked up when dialling.
-        self.routers = {(r.host, r.port): r for r in routers}
-        if len(self.routers) != len(routers):
+        if len({(r.host, r.port) for r in routers}) != len(routers):
             raise ConfigError("each router address may be given once (one scheme per port)")
-        self.addresses = list(self.routers)
+        self.routers = list(routers)
         self.options = options
         self.tls = _client_tls(options, routers)
-        self.proxies: dict[tuple[str, int], ProxyURL | None] = {
-            key: proxy_for(router, options.proxy, os.environ)
-            for key, router in self.routers.items()
+        self.proxies: dict[RouterAddress, ProxyURL | None] = {
+            router: proxy_for(router, options.proxy, os.environ) for router in routers
         }
-        for key, proxy in self.proxies.items():
+        for router, proxy in self.proxies.items():
             if proxy is not None:
-                log.info("router %s: through proxy %s (HTTP CONNECT)", self.routers[key], proxy)
+                log.info("router %s: through proxy %s (HTTP CONNECT)", router, proxy)
         self.registration = Registration(
             service=options.service,
             hosts=_canonical_hosts(options.hosts),
@@ -174,38 +175,46 @@ class _Backend:
             maximum=max(options.max_connections or 4 * options.connections, options.connections),
             idle_after=options.extra_idle_timeout,
         )
-        # Live tunnels per router address, with their capacities; extras still dialling.
-        self._by_router: dict[tuple[str, int], dict[Connection, int]] = {}
-        self._dialling: dict[tuple[str, int], int] = {}
-        self._handshake_slots: dict[tuple[str, int], anyio.Semaphore] = {}
+        # Live tunnels per target (router, or one address of a router name), with their
+        # capacities; extras still dialling.
+        self._by_router: dict[Target, dict[Connection, int]] = {}
+        self._dialling: dict[Target, int] = {}
+        self._handshake_slots: dict[Target, anyio.Semaphore] = {}
         self._connectors: anyio.abc.TaskGroup | None = None
+        # Set when a target's address vanished from DNS: its connectors stop, tunnels drain.
+        self._retired: dict[Target, anyio.Event] = {}
+        # Set by a failed dial to an address of a name: look the name up again now.
+        self._resolve_now: dict[RouterAddress, anyio.Event] = {}
         # Slots per router worker (ARCHITECTURE.md, "Several cores"; ptth/_workers.py).
         self.workers = WorkerBook(options.connections)
 
-    def _maybe_scale(self, host: str, port: int) -> None:
-        """A stream started on a tunnel to (host, port): open an extra tunnel if all are full."""
-        key = (host, port)
-        group = self._by_router.get(key, {})
+    def _maybe_scale(self, target: Target) -> None:
+        """A stream started on a tunnel to ``target``: open an extra tunnel if all are full."""
+        group = self._by_router.get(target, {})
         loads = [(tunnel.open_streams, capacity) for tunnel, capacity in group.items()]
-        dialling = self._dialling.get(key, 0)
+        dialling = self._dialling.get(target, 0)
         if (
             self.draining
+            or self._is_retired(target)
             or self._connectors is None
             or not self.scaling.wants_more(loads, dialling)
         ):
             return
-        self._dialling[key] = dialling + 1
+        self._dialling[target] = dialling + 1
         log.info(
-            "router %s:%d: every tunnel is over %d%% full; opening another (%d of at most %d)",
-            host,
-            port,
+            "router %s: every tunnel is over %d%% full; opening another (%d of at most %d)",
+            target,
             round(self.scaling.threshold * 100),
             len(loads) + dialling + 1,
             self.scaling.maximum,
         )
-        self._connectors.start_soon(self._extra_connector, host, port)
+        self._connectors.start_soon(self._extra_connector, target)
 
-    async def _extra_connector(self, host: str, port: int) -> None:
+    def _is_retired(self, target: Target) -> bool:
+        retired = self._retired.get(target)
+        return retired is not None and retired.is_set()
+
+    async def _extra_connector(self, target: Target) -> None:
         """One on-demand tunnel: dialled once, closed when idle, never replaced."""
         opts = self.options
         backoff = Backoff(
@@ -217,12 +226,12 @@ class _Backend:
             nonlocal still_dialling
             if still_dialling:
                 still_dialling = False
-                self._dialling[(host, port)] -= 1
+                self._dialling[target] -= 1
 
-        router = format_address(host, port)
+        router = str(target)
         try:
             try:
-                await self._dial(host, port, -1, backoff, on_live=live)
+                await self._dial(target, -1, backoff, on_live=live)
             except BaseExceptionGroup as group:
                 raise unwrap(group, PTTHError) from None
         except (OSError, PTTHError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
@@ -248,26 +257,28 @@ class _Backend:
                 await tunnel.drain(self.options.drain_timeout)
                 return
 
-    async def _connector(self, host: str, port: int, slot: int) -> None:
+    async def _connector(self, target: Target, slot: int) -> None:
         """Keep one tunnel slot to one router filled; each failure is one log line that says
-        what the router said and what happens next."""
+        what the router said and what happens next. Ends when the helper drains, or when the
+        target's address left DNS (its tunnel drains)."""
         opts = self.options
         backoff = Backoff(
             base=opts.backoff_base, cap=opts.backoff_cap, reset_after=opts.backoff_reset_after
         )
-        router = format_address(host, port)
-        while not self.draining:
+        router = str(target)
+        retired = self._retired.get(target) or anyio.Event()
+        while not self.draining and not retired.is_set():
             failure: str | None = None
             retry_after: float | None = None
             note = ""
             try:
                 try:
-                    await self._dial(host, port, slot, backoff)
+                    await self._dial(target, slot, backoff)
                 except BaseExceptionGroup as group:
                     raise unwrap(group, PTTHError) from None
             except HandshakeRefused as exc:
                 if exc.status == 421:  # a router worker this slot need not reach: dial again
-                    if self.workers.retire((host, port), slot):
+                    if self.workers.retire(target.key, slot):
                         return
                     await anyio.sleep(self.workers.redial_delay(self.rng))
                     continue
@@ -284,8 +295,12 @@ class _Backend:
             except Exception:
                 log.exception("router %s: unexpected error; reconnecting", router)
             backoff.disconnected(anyio.current_time())
-            if self.draining:
+            if self.draining or retired.is_set():
                 return
+            if failure is not None and target.ip is not None:
+                wake = self._resolve_now.pop(target.address, None)
+                if wake is not None:  # is this address still the name's?
+                    wake.set()
             delay = backoff.next_delay(self.rng)
             if retry_after is not None:
                 # At least what the router asked, spread a little so a fleet refused at the
@@ -295,12 +310,12 @@ class _Backend:
                 log.info("reconnecting to %s in %.1f s", router, delay)
             else:
                 log.warning("%s; retrying in %.1f s%s", failure, delay, note)
-            await anyio.sleep(delay)
+            with anyio.move_on_after(delay):
+                await retired.wait()
 
     async def _dial(
         self,
-        host: str,
-        port: int,
+        target: Target,
         slot: int,
         backoff: Backoff,
         *,
@@ -308,10 +323,9 @@ class _Backend:
     ) -> None:
         """``_connect_once`` holding one of the router's ``HANDSHAKES_PER_ROUTER`` slots until
         the tunnel is registered (or failed): a helper opens thousands of tunnels in waves."""
-        key = (host, port)
-        slots = self._handshake_slots.get(key)
+        slots = self._handshake_slots.get(target)
         if slots is None:
-            slots = self._handshake_slots[key] = anyio.Semaphore(HANDSHAKES_PER_ROUTER)
+            slots = self._handshake_slots[target] = anyio.Semaphore(HANDSHAKES_PER_ROUTER)
         await slots.acquire()
         held = True
 
@@ -324,24 +338,23 @@ class _Backend:
                 on_live()
 
         try:
-            await self._connect_once(host, port, slot, backoff, on_live=registered)
+            await self._connect_once(target, slot, backoff, on_live=registered)
         finally:
             if held:
                 slots.release()
 
     async def _connect_once(
         self,
-        host: str,
-        port: int,
+        target: Target,
         slot: int,
         backoff: Backoff,
         *,
         on_live: Callable[[], None] | None = None,
     ) -> None:
-        proxy = self.proxies[(host, port)]
+        proxy = self.proxies[target.address]
         try:
             sock = await dial(
-                self.routers[(host, port)], self.tls, timeout=HANDSHAKE_TIMEOUT, proxy=proxy
+                target.address, self.tls, timeout=HANDSHAKE_TIMEOUT, proxy=proxy, ip=target.ip
             )
         except TimeoutError:
             if proxy is None:
@@ -350,8 +363,9 @@ class _Backend:
                 f"no tunnel through proxy {proxy} within {HANDSHAKE_TIMEOUT:g} s"
             ) from None
         try:
-            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            covered = self.workers.covered((host, port)) if slot >= 0 else ()
+            # The name, also when dialled at one of its addresses (Target.ip).
+            authority = target.address.authority
+            covered = self.workers.covered(target.key) if slot >= 0 else ()
             handshake = ClientHandshake(self.registration, authority, covered=covered)
             with anyio.fail_after(HANDSHAKE_TIMEOUT):
                 await sock.send(handshake.request_bytes())
@@ -371,7 +385,7 @@ class _Backend:
         serve_stream = self.handler or self._handle_stream
 
         async def on_stream(stream: Stream) -> None:
-            self._maybe_scale(host, port)
+            self._maybe_scale(target)
             await serve_stream(stream)
 
         tunnel = Connection(
@@ -385,20 +399,19 @@ class _Backend:
         )
         capacity = min(self.options.max_concurrent_streams, accepted.max_streams or 2**31)
         log.info(
-            "tunnel %s: registered with %s:%d (service %s)",
+            "tunnel %s: registered with %s (service %s)",
             accepted.tunnel_id,
-            host,
-            port,
+            target,
             self.options.service,
         )
         self.tunnels.add(tunnel)
-        group = self._by_router.setdefault((host, port), {})
+        group = self._by_router.setdefault(target, {})
         group[tunnel] = capacity
         worker = accepted.worker if slot >= 0 else None
-        surplus = not self.workers.registered((host, port), worker)
+        surplus = not self.workers.registered(target.key, worker)
         if self._connectors is not None:  # the router named more workers: more slots
-            for extra in self.workers.new_slots((host, port)):
-                self._connectors.start_soon(self._connector, host, port, extra)
+            for extra in self.workers.new_slots(target.key):
+                self._connectors.start_soon(self._connector, target, extra)
         if on_live is not None:
             on_live()
         backoff.connected(anyio.current_time())
@@ -406,14 +419,14 @@ class _Backend:
             async with anyio.create_task_group() as nursery:
                 await nursery.start(tunnel.run)
                 self.connected.set()
-                if self.draining or surplus:
+                if self.draining or surplus or self._is_retired(target):
                     nursery.start_soon(tunnel.drain, self.options.drain_timeout)
                 elif slot < 0:
                     nursery.start_soon(self._close_when_idle, tunnel)
         finally:
             self.tunnels.discard(tunnel)
             group.pop(tunnel, None)
-            self.workers.dropped((host, port), worker)
+            self.workers.dropped(target.key, worker)
             log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel.close_reason)
 
     async def _handle_stream(self, stream: Stream) -> None:
@@ -459,6 +472,37 @@ class _Backend:
                 lifespan.close()  # the app's lifespan task is shielded from our cancellation
                 lifespan_nursery.cancel_scope.cancel()
 
+    def _start_target(self, target: Target) -> None:
+        assert self._connectors is not None
+        self._retired[target] = anyio.Event()
+        for slot in range(self.options.connections):
+            self._connectors.start_soon(self._connector, target, slot)
+
+    async def _follow_dns(self, router: RouterAddress) -> None:
+        """Every address ``router``'s name resolves to is a target of its own; one that
+        vanishes from DNS stops being dialled and its tunnels drain (in-flight requests end)."""
+
+        async def changed(added: set[str], removed: set[str]) -> None:
+            if self.draining:
+                return
+            for ip in sorted(added):
+                self._start_target(Target(router, ip))
+            for ip in sorted(removed):
+                target = Target(router, ip)
+                self._retired[target].set()
+                tunnels = list(self._by_router.get(target, {}))
+                log.info(
+                    "router %s: no longer in DNS; draining its %d tunnel(s)", target, len(tunnels)
+                )
+                for tunnel in tunnels:
+                    assert self._connectors is not None
+                    self._connectors.start_soon(tunnel.drain, self.options.drain_timeout)
+
+        def wake() -> anyio.Event:
+            return self._resolve_now.setdefault(router, anyio.Event())
+
+        await watch(router, self.options.resolve_interval, changed, wake, resolver=_resolver)
+
     async def _serve_tunnels(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         # Connectors and the requests they serve live under a shielded scope: cancelling
         # `serve` must drain them, not kill in-flight requests.
@@ -469,9 +513,11 @@ class _Backend:
                 with work:
                     async with anyio.create_task_group() as nursery:
                         self._connectors = nursery
-                        for host, port in self.addresses:
-                            for slot in range(self.options.connections):
-                                nursery.start_soon(self._connector, host, port, slot)
+                        for router in self.routers:
+                            if expands(router, self.proxies[router]):
+                                nursery.start_soon(self._follow_dns, router)
+                            else:
+                                self._start_target(Target(router))
                 outer.cancel_scope.cancel()
 
             outer.start_soon(run_connectors)
@@ -482,6 +528,11 @@ class _Backend:
                 with anyio.CancelScope(shield=True):
                     await self.drain()
                     work.cancel()
+
+
+async def _resolver(host: str, port: int) -> list[str]:
+    """The lookup behind several-address routers (a module global so tests can replace it)."""
+    return await resolve(host, port)
 
 
 def _client_tls(options: BackendOptions, routers: Sequence[RouterAddress]) -> ClientTLS | None:
