@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from ptth import BackendOptions
+from tests.e2e.test_tunnel_tls import make_certs
 from tests.e2e.tools_support import connects_logged, tinyproxy
 from tests.support import child, free_port, make_hello_app, start_backend, start_router
 
@@ -215,4 +216,73 @@ async def test_cli_proxy_flag(tmp_path: Path) -> None:
                 assert connects_logged(proc, port) == 1
                 assert b"through proxy http://***@127.0.0.1:" in helper.output
                 assert PASSWORD.encode() not in helper.output
+        nursery.cancel_scope.cancel()
+
+
+async def test_tls_router_through_https_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tls:// takes HTTPS_PROXY; the TLS session runs inside the CONNECT tunnel, the router's
+    certificate checked against its name as if dialled directly."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    certs = make_certs(tmp_path, "tunnel")
+    async with trio.open_nursery() as nursery:
+        router = await start_router(
+            nursery, tunnel_tls_cert=str(certs.cert), tunnel_tls_key=str(certs.key)
+        )
+        port = router.addresses.tunnel[1]
+        async with tinyproxy(nursery, tmp_path, [port]) as (url, proc):
+            monkeypatch.setenv("HTTPS_PROXY", url)
+            backend = await start_backend(
+                nursery,
+                make_hello_app("tls"),
+                f"tls://localhost:{port}",
+                options=_options(None, ca_file=str(certs.ca_pem)),
+            )
+            await router.wait_tunnels(1)
+            assert (await _get(router.url)).headers["x-backend"] == "tls"
+            # The proxy saw the name (it resolves it), not an address the helper looked up.
+            assert b"CONNECT localhost:%d " % port in proc.output, proc.text()
+            await backend.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def test_ws_router_through_proxy(tmp_path: Path) -> None:
+    """ws:// (the front end's WebSocket tunnels) over the proxy's CONNECT as well."""
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        front = router.addresses.http[1]
+        async with tinyproxy(nursery, tmp_path, [front]) as (url, proc):
+            backend = await start_backend(
+                nursery,
+                make_hello_app("ws"),
+                f"ws://127.0.0.1:{front}",
+                options=_options(url),
+            )
+            await router.wait_tunnels(1)
+            assert (await _get(router.url)).headers["x-backend"] == "ws"
+            assert connects_logged(proc, front) == 1
+            await backend.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def test_httpsock_router_through_proxy(tmp_path: Path) -> None:
+    """http:// (httpsock: plain HTTP requests) goes through the proxy as ordinary proxied
+    requests, not CONNECT: what a proxy that allows nothing else still passes."""
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        front = router.addresses.http[1]
+        async with tinyproxy(nursery, tmp_path, []) as (url, proc):
+            backend = await start_backend(
+                nursery,
+                make_hello_app("hs"),
+                f"http://127.0.0.1:{front}",
+                options=_options(url),
+            )
+            await router.wait_tunnels(1)
+            assert (await _get(router.url)).headers["x-backend"] == "hs"
+            assert re.search(rb"POST http://127\.0\.0\.1:%d/" % front, proc.output), proc.text()
+            assert connects_logged(proc, front) == 0
+            await backend.stop()
         nursery.cancel_scope.cancel()
