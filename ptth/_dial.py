@@ -87,7 +87,13 @@ def plaintext_token_warning(address: RouterAddress, token: str | None) -> str | 
     """Why this helper's token would cross the network in clear text, or None."""
     if token is None or address.tls or _loopback(address.host):
         return None
+    if address.transport == "ws":
+        return (
+            f"the token travels in plain text to {address}: dial "
+            f"wss://{address.authority}{address.path} (the router needs --tls-cert and --tls-key)"
+        )
     return (
         f"the token travels in plain text to {address}: dial tls://{address.authority} "
-        "(the router needs --tunnel-tls-cert and --tunnel-tls-key)"
+        "(the router needs --tunnel-tls-cert and --tunnel-tls-key, or --tls-cert and --tls-key "
+        "for its front end's port)"
     )
