@@ -10,6 +10,7 @@ proxy forbids is named; ``python -m ptth --proxy URL`` works and keeps the passw
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import trio
 
+import ptth._backend
 from ptth import BackendOptions
 from tests.e2e.test_tunnel_tls import make_certs
 from tests.e2e.tools_support import connects_logged, tinyproxy
@@ -286,3 +288,40 @@ async def test_httpsock_router_through_proxy(tmp_path: Path) -> None:
             assert connects_logged(proc, front) == 0
             await backend.stop()
         nursery.cancel_scope.cancel()
+
+
+async def test_silent_proxy_is_a_named_timeout(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that accepts and never answers CONNECT: one line naming the proxy and the
+    deadline (shortened here), then a retry."""
+    caplog.set_level(logging.INFO, logger="ptth")
+    monkeypatch.setattr(ptth._backend, "HANDSHAKE_TIMEOUT", 0.3)
+    accepted: list[trio.SocketStream] = []
+
+    async def silent(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        router = await start_router(nursery)
+        backend = await start_backend(
+            nursery,
+            make_hello_app("b"),
+            router.tunnel,
+            options=_options(f"http://user:{PASSWORD}@127.0.0.1:{port}"),
+        )
+        with trio.fail_after(10):
+            while len([m for m in _proxy_lines(caplog) if "within 0.3 s" in m]) < 2:
+                await trio.sleep(0.05)
+        await backend.stop()
+        for stream in accepted:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    line = next(m for m in _proxy_lines(caplog) if "within 0.3 s" in m)
+    assert f"no tunnel through proxy http://***@127.0.0.1:{port} within 0.3 s" in line
+    assert "retrying in" in line and PASSWORD not in line
