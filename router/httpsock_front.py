@@ -9,6 +9,7 @@ tunnel (admission, the handshake deadline, authentication, limits, the drain).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import anyio
@@ -16,7 +17,8 @@ import anyio.abc
 import trio
 
 from ptth.errors import ConfigError
-from ptth.httpsock import HttpSockAttribute, Limits, Listener, Request, ServerStream
+from ptth.httpsock import HttpSockAttribute, Limits, Listener, Request, Response, ServerStream
+from ptth.httpsock.protocol import parse_offset
 from ptth.proto.fields import Headers
 
 from .config import RouterConfig
@@ -68,34 +70,37 @@ class HttpSockFront:
                 b"dial its tunnel port\n",
             )
             return
-        body = bytearray()
-        limit = self.listener.limits.max_put
+        path = request.target.partition(b"?")[0][len(self.path) :]
+        head = Request(
+            method=request.method.decode("latin-1"),
+            path=path.decode("latin-1"),
+            headers={n.decode("latin-1"): v.decode("latin-1") for n, v in request.headers},
+            client=request.client,
+        )
+        length = parse_offset(head.headers.get("content-length")) if request.has_body else 0
+        admitted = self.listener.admit(head, length)
+        if isinstance(admitted, Response):  # refused before a byte of the body is read
+            await _send(exchange, admitted)
+            return
         try:
+            body = bytearray()
             more = request.has_body
             while more:
                 data, more = await exchange.receive()
                 body += data
-                if len(body) > limit:
-                    await _answer(exchange, 413, [], b"a PUT carries at most %d bytes\n" % limit)
+                if len(body) > admitted:
+                    await _answer(exchange, 413, [], b"at most %d bytes here\n" % admitted)
                     return
+            if path.strip(b"/"):
+                # A request on a session: its connection now carries a tunnel's bytes, so
+                # the drain closes it with the tunnels rather than waiting for a held GET.
+                exchange.carries_tunnel()
+            response = await self.listener.respond(dataclasses.replace(head, body=bytes(body)))
         except ClientGoneError:
             return
-        path = request.target.partition(b"?")[0][len(self.path) :]
-        if path.strip(b"/"):
-            # A request on a session: its connection now carries a tunnel's bytes, so the
-            # drain closes it with the tunnels rather than waiting for its held GET.
-            exchange.carries_tunnel()
-        response = await self.listener.respond(
-            Request(
-                method=request.method.decode("latin-1"),
-                path=path.decode("latin-1"),
-                headers={n.decode("latin-1"): v.decode("latin-1") for n, v in request.headers},
-                client=request.client,
-                body=bytes(body),
-            )
-        )
-        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers]
-        await _answer(exchange, response.status, headers, response.body)
+        finally:
+            self.listener.release(admitted)
+        await _send(exchange, response)
 
     async def serve(self) -> None:
         """Run every accepted session as a tunnel until :meth:`stop` (then reset the rest)."""
@@ -116,6 +121,11 @@ class HttpSockFront:
     async def _run(self, stream: ServerStream) -> None:
         client = stream.extra(HttpSockAttribute.client)
         await self.tunnels.accept_stream(stream, client=client, transport="httpsock")
+
+
+async def _send(exchange: Exchange, response: Response) -> None:
+    headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers]
+    await _answer(exchange, response.status, headers, response.body)
 
 
 async def _answer(exchange: Exchange, status: int, headers: Headers, body: bytes) -> None:

@@ -8,6 +8,7 @@ end (:meth:`Listener.respond` takes a transport-neutral :class:`Request`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import weakref
 from collections.abc import Callable, Mapping
@@ -182,6 +183,8 @@ class Listener:
     (turn it off behind proxies that spread one client over several addresses); the
     ``Authorization`` header given at creation is always part of the binding. At most
     ``max_sessions`` live at once and ``backlog`` wait for :meth:`accept` (then ``503``).
+    ``max_buffered`` bounds the memory of every session together: bytes received and not yet
+    read, and PUT bodies being read (over it, a PUT waits or gets ``503``; the client retries).
     """
 
     def __init__(
@@ -191,8 +194,12 @@ class Listener:
         max_sessions: int = 1000,
         backlog: int = 64,
         bind_client_address: bool = True,
+        max_buffered: int = 64 * 1024 * 1024,
     ) -> None:
         self.limits = limits or Limits()
+        self.max_buffered = max_buffered
+        self._reserved = 0  # PUT bodies being read
+        self._inbox_bound = 0  # at least the bytes in every session's inbox (see _free)
         self.table = SessionTable(self.limits, max_sessions)
         self.bind_client_address = bind_client_address
         # A session's waiters, while its stream exists: a stream the application dropped
@@ -233,6 +240,40 @@ class Listener:
             raise anyio.ClosedResourceError from None
 
     # -- requests ------------------------------------------------------------------------
+
+    def _free(self, needed: int) -> int:
+        """Bytes left in the ``max_buffered`` budget. The inboxes' total is counted up as
+        PUTs fill them and recounted (one pass over the sessions) only when the bound says
+        there is less than ``needed``, so a busy listener does not sum them on every PUT."""
+        free = self.max_buffered - self._reserved - self._inbox_bound
+        if free < needed:
+            self._inbox_bound = sum(len(session.inbox.buf) for session in self.table)
+            free = self.max_buffered - self._reserved - self._inbox_bound
+        return free
+
+    def admit(self, request: Request, length: int | None) -> Response | int:
+        """Before a request's body is read (``length``: its Content-Length, if any): an early
+        answer, or how many body bytes to read at most. A PUT's are reserved from the memory
+        budget until :meth:`release`; a PUT for no session is refused unread (``404``)."""
+        if request.method != "PUT":
+            return _text(413, "only a PUT has a body") if length else 0
+        token = request.path.strip("/")
+        found = None
+        if token and "/" not in token:
+            found = self.table.find(token, self._binding(request), anyio.current_time())
+        if found is None or token not in self._lives:
+            return _text(404, "no such session")
+        if length is not None and length > self.limits.max_put:
+            return _text(413, f"a PUT carries at most {self.limits.max_put} bytes")
+        size = self.limits.max_put if length is None else length
+        if size > self._free(size):
+            return _text(503, "too many bytes buffered; retry", ("retry-after", "1"))
+        self._reserved += size
+        return size
+
+    def release(self, reserved: int) -> None:
+        """Give back what :meth:`admit` reserved, once the request has been answered."""
+        self._reserved -= reserved
 
     def _binding(self, request: Request) -> bytes:
         client = request.client[0] if self.bind_client_address else ""
@@ -305,9 +346,15 @@ class Listener:
         seq = p.parse_offset(request.headers.get(p.SEQ))
         deadline = anyio.current_time() + self.limits.poll_timeout
         # No room for new bytes: hold the PUT until the application reads (backpressure).
-        while session.put_would_wait(seq, request.body) and anyio.current_time() < deadline:
+        # Its own body is in the budget already (admit reserved it).
+        while (
+            session.put_would_wait(seq, request.body, self._free(0) + len(request.body))
+            and anyio.current_time() < deadline
+        ):
             await live.wait(deadline - anyio.current_time())
-        answer = session.put(seq, request.body, p.flag(request.headers.get(p.EOF)))
+        budget = self._free(0) + len(request.body)
+        answer = session.put(seq, request.body, p.flag(request.headers.get(p.EOF)), budget)
+        self._inbox_bound += answer.taken
         live.notify()
         if answer.status == 410:
             return _text(410, "session reset", (p.RESET, "1"))
@@ -363,21 +410,27 @@ class Listener:
             for name, value in scope.get("headers", [])
         }
         client = scope.get("client") or ("", 0)
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.limits.max_put:
-                await _send(send, _text(413, f"a PUT carries at most {self.limits.max_put} bytes"))
-                return
-            if not message.get("more_body", False):
-                break
-        request = Request(
-            scope["method"], path, headers, (str(client[0]), int(client[1])), bytes(body)
-        )
-        await _send(send, await self.respond(request))
+        request = Request(scope["method"], path, headers, (str(client[0]), int(client[1])))
+        admitted = self.admit(request, p.parse_offset(headers.get("content-length")))
+        if isinstance(admitted, Response):
+            await _send(send, admitted)
+            return
+        try:
+            body = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > admitted:
+                    await _send(send, _text(413, f"at most {admitted} bytes here"))
+                    return
+                if not message.get("more_body", False):
+                    break
+            response = await self.respond(dataclasses.replace(request, body=bytes(body)))
+        finally:
+            self.release(admitted)
+        await _send(send, response)
 
 
 async def _send(send: Send, response: Response) -> None:

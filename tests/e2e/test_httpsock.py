@@ -334,3 +334,32 @@ def test_session_cap_and_refusal(server: str, loop: str) -> None:
         await (await listener.accept()).aclose()
 
     run(server, loop, scenario, max_sessions=1)
+
+
+@params
+def test_memory_budget_and_refusals_before_the_body(server: str, loop: str) -> None:
+    """``max_buffered`` bounds what every session holds; a PUT for no session is refused
+    without its body being read."""
+
+    async def scenario(url: str, listener: Listener) -> None:
+        base = url.rstrip("/")
+        async with httpx.AsyncClient() as http:
+            token = (await http.post(url)).headers["x-session"]
+            served = await listener.accept()
+            put = partial(http.put, f"{base}/{token}")
+            assert (await put(content=b"x" * 2000, headers={"x-seq": "0"})).status_code == 503
+            first = await put(content=b"a" * 800, headers={"x-seq": "0"})
+            assert first.status_code == 204 and first.headers["x-ack"] == "800"
+            full = await put(content=b"b" * 800, headers={"x-seq": "800"})
+            assert full.status_code == 503 and full.headers["retry-after"] == "1"
+            assert await served.receive(10_000) == b"a" * 800  # read: the budget is back
+            second = await put(content=b"b" * 800, headers={"x-seq": "800"})
+            assert second.status_code == 204 and second.headers["x-ack"] == "1600"
+            assert await served.receive(10_000) == b"b" * 800
+            unknown = await http.put(f"{base}/{'A' * 43}", content=b"z" * 100_000)
+            assert unknown.status_code == 404
+            assert (await http.get(f"{base}/{token}/x")).status_code == 404
+            assert (await http.request("PATCH", url)).status_code == 405
+            await served.aclose()
+
+    run(server, loop, scenario, max_buffered=1000)

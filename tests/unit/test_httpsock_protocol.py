@@ -234,7 +234,7 @@ def test_inbox_takes_each_offset_once(data: bytes, cut: int, room: int) -> None:
 def test_gap_is_refused_and_bytes_past_eof_are_bad() -> None:
     session = ServerSession("t", b"b", Limits(), 0.0)
     assert session.put(5, b"abc", False).status == 409  # ahead: resend from the ack
-    assert session.put(0, b"abc", True) == PutAnswer(204, 3, True)
+    assert session.put(0, b"abc", True) == PutAnswer(204, 3, True, taken=3)
     assert session.put(0, b"abc", True).status == 204  # the same retried: no error
     assert session.put(3, b"d", False).status == 400  # past the EOF
     assert session.put(None, b"", False).status == 400
