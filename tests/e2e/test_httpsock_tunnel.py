@@ -8,10 +8,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import ssl
+from pathlib import Path
 
 import httpx
 import pytest
 import trio
+import trustme
 
 from ptth.errors import HandshakeRefused
 from tests.e2e.apps_websocket import make_app as make_ws_app
@@ -132,4 +135,36 @@ async def test_cli_child_over_httpsock() -> None:
             answer = await trio.to_thread.run_sync(get, router.url + "/plain")
             assert answer.status_code == 200 and answer.headers["x-backend"] == "cli"
             assert len(router.router.httpsock.listener.table) == 1  # the tunnel is httpsock
+        nursery.cancel_scope.cancel()
+
+
+async def test_https_tunnel_verifies_the_router(tmp_path: Path, helper_loop: str) -> None:
+    """https://: httpsock over TLS to a TLS front end, the router's certificate checked
+    against ``ca_file``; without that CA the helper never registers."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    async with trio.open_nursery() as nursery:
+        router = await start_router(
+            nursery, tls_cert=str(tmp_path / "cert.pem"), tls_key=str(tmp_path / "key.pem")
+        )
+        assert router.url.startswith("https://")
+        untrusting = await start_backend(nursery, make_hello_app("no"), router.url)
+        await start_backend(
+            nursery,
+            make_hello_app("tls"),
+            router.url,
+            loop=helper_loop,
+            ca_file=str(tmp_path / "ca.pem"),
+        )
+        await router.wait_tunnels(1)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        async with httpx.AsyncClient(verify=context) as http:
+            answer = await http.get(router.url + "/x")
+        assert answer.headers["x-backend"] == "tls"
+        await trio.sleep(0.5)
+        assert router.tunnel_count() == 1 and untrusting.error is None  # still retrying
         nursery.cancel_scope.cancel()
