@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +26,14 @@ from tests.support import Child, child, make_hello_app, serve_lifespan, start_ba
 
 pytestmark = pytest.mark.timeout(90)
 
+TOKENS = """
+[[token]]
+name = "test"
+token = "workers-test-token"
+services = ["*"]
+hosts = ["*"]
+"""
+
 READY = re.compile(rb"front end on (http://[\d.]+:\d+), tunnel port on ([\d.]+:\d+): 2 workers")
 STARTED = re.compile(rb"worker (\d) started \(pid (\d+)\)")
 
@@ -33,14 +42,18 @@ def registrations(output: bytes, worker: int) -> int:
     return len(re.findall(rb"worker %d router\.tunnel: tunnel \w+: registered" % worker, output))
 
 
+def both_covered(router: Child) -> bool:
+    return bool(registrations(router.output, 0) and registrations(router.output, 1))
+
+
 def served_by(output: bytes) -> Counter[int]:
     return Counter(int(m) for m in re.findall(rb"worker (\d) router\.access", output))
 
 
 @asynccontextmanager
-async def router_child(nursery: trio.Nursery) -> AsyncIterator[tuple[Child, str, str]]:
+async def router_child(nursery: trio.Nursery, *flags: str) -> AsyncIterator[tuple[Child, str, str]]:
     """The supervisor and its two workers on ephemeral ports: (child, front-end URL, tunnel)."""
-    args = ["--workers", "2", "--http", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"]
+    args = ["--workers", "2", "--http", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", *flags]
     async with child(nursery, "-m", "router", *args, "--drain-timeout", "5") as router:
         match = await router.wait_for(READY)
         yield router, match.group(1).decode(), match.group(2).decode()
@@ -67,9 +80,7 @@ async def test_a_backend_covers_every_worker_and_recovers_a_restarted_one() -> N
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
         router, url, tunnel = await stack.enter_async_context(router_child(nursery))
         backend = await start_backend(nursery, make_hello_app("b1"), tunnel)
-        await wait_until(
-            lambda: registrations(router.output, 0) and registrations(router.output, 1)
-        )
+        await wait_until(lambda: both_covered(router))
         statuses = await fresh_requests(url, 40)
         assert statuses == [200] * 40
         spread = served_by(router.output)
@@ -90,7 +101,22 @@ async def test_a_backend_covers_every_worker_and_recovers_a_restarted_one() -> N
         nursery.cancel_scope.cancel()
 
 
-async def test_sigterm_drains_every_worker() -> None:
+async def test_a_backend_dialling_the_front_end_port_covers_every_worker() -> None:
+    """The front end's port is shared too (ARCHITECTURE.md, "Tunnels on the front end's
+    port"): the same 421 dance covers both workers through it."""
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        router, url, _ = await stack.enter_async_context(router_child(nursery))
+        front = url.removeprefix("http://")
+        backend = await start_backend(nursery, make_hello_app("b1"), f"tcp://{front}")
+        await wait_until(lambda: both_covered(router))
+        assert await fresh_requests(url, 20) == [200] * 20
+        await trio.sleep(0.5)
+        assert registrations(router.output, 0) == registrations(router.output, 1) == 1
+        await backend.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def test_sighup_reaches_every_worker_and_sigterm_drains_them(tmp_path: Path) -> None:
     arrived = 0
 
     async def slow(scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,12 +129,21 @@ async def test_sigterm_drains_every_worker() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"done"})
 
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(TOKENS)
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
-        router, url, tunnel = await stack.enter_async_context(router_child(nursery))
-        backend = await start_backend(nursery, slow, tunnel)
-        await wait_until(
-            lambda: registrations(router.output, 0) and registrations(router.output, 1)
+        router, url, tunnel = await stack.enter_async_context(
+            router_child(nursery, "--tokens", str(tokens))
         )
+        backend = await start_backend(nursery, slow, tunnel, token="workers-test-token")
+        await wait_until(lambda: both_covered(router))
+        # A broken tokens file and SIGHUP: each worker says it keeps the old one (and lives).
+        tokens.write_text("[[token]\n")
+        router.process.send_signal(signal.SIGHUP)
+        for worker in (0, 1):
+            await router.wait_for(
+                re.compile(rb"worker %d router\.tunnel: tokens file not" % worker)
+            )
         results: list[int] = []
 
         async def one() -> None:
