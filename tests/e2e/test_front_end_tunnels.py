@@ -13,19 +13,22 @@ import hashlib
 import logging
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 import trio
 import trustme
 
 import ptth
-from ptth.errors import HandshakeRefused
+from ptth.driver import Connection, Stream
+from ptth.errors import HandshakeRefused, TunnelError
 from ptth.proto.handshake import ClientHandshake, Registration
+from ptth.transport.ws_stream import WebSocketStream
 from ptth.types import Receive, Scope, Send
 from router.config import load_config
 from tests.e2e.apps_websocket import make_app as make_ws_app
@@ -403,4 +406,99 @@ async def test_cli_backend_over_ws() -> None:
             assert "(ws)" in tunnel.peer
             response = await get(router, "/")
             assert response.status_code == 200, response.text
+        nursery.cancel_scope.cancel()
+
+
+# -- RFC 8441: a WebSocket tunnel over the HTTP/2 front end ------------------------------------
+
+
+class H2StreamBytes(anyio.abc.ByteStream):
+    """One HTTP/2 stream's DATA as a byte stream (the WebSocket's frames, RFC 8441 §5)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            data = await self.stream.receive_data()
+        except TunnelError:
+            raise anyio.BrokenResourceError from None
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self.stream.send_data(item)
+        except TunnelError:
+            raise anyio.BrokenResourceError from None
+
+    async def send_eof(self) -> None:
+        try:
+            await self.stream.end()
+        except TunnelError:
+            raise anyio.BrokenResourceError from None
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {}
+
+
+@pytest.mark.timeout(30)
+async def test_ws_tunnel_over_the_http2_front_end() -> None:
+    """A backend built by hand from the project's parts: h2c to the front end, an extended
+    CONNECT (:protocol websocket) to the tunnel path, the ReverseHTTP handshake in WebSocket
+    messages on that stream, then the backend's HTTP/2 server inside; a user request is served."""
+
+    async def serve(stream: Stream) -> None:
+        await stream.send_headers([(b":status", b"200")])
+        await stream.send_data(b"over h2 and ws", end_stream=True)
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        host, port = router.addresses.http
+        user = Connection(await anyio.connect_tcp(host, port), client_side=True)
+        await nursery.start(user.run)
+        await user.wait_remote_settings()
+        connect = await user.open_stream(
+            [
+                (b":method", b"CONNECT"),
+                (b":protocol", b"websocket"),
+                (b":scheme", b"http"),
+                (b":authority", f"{host}:{port}".encode()),
+                (b":path", b"/.well-known/ptth/ws"),
+                (b"sec-websocket-version", b"13"),
+                (b"sec-websocket-protocol", b"ptth"),
+            ]
+        )
+        answer = dict(await connect.receive_headers())
+        assert answer[b":status"] == b"200" and answer[b"sec-websocket-protocol"] == b"ptth"
+        ws = WebSocketStream(H2StreamBytes(connect), client=True)
+        handshake = ClientHandshake(Registration(), f"{host}:{port}")
+        await ws.send(handshake.request_bytes())
+        accepted = None
+        with trio.fail_after(5):
+            while accepted is None:
+                accepted = handshake.receive(await ws.receive())
+        backend = Connection(
+            ws,
+            client_side=False,
+            tunnel_id=accepted.tunnel_id,
+            on_stream=serve,
+            initial_data=accepted.trailing,
+        )
+        await nursery.start(backend.run)
+        await router.wait_tunnels(1)
+        (tunnel,) = router.router.registry.tunnels()
+        assert "(ws)" in tunnel.peer
+        response = await get(router, "/")
+        assert response.text == "over h2 and ws"
+        await backend.aclose()
+        await user.aclose()
+        with trio.fail_after(5):
+            while router.tunnel_count():
+                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
