@@ -75,6 +75,7 @@ def run(
     identity: bool | str | os.PathLike[str] = False,
     client_cert: str | os.PathLike[str] | None = None,
     client_key: str | os.PathLike[str] | None = None,
+    proxy: str | None = None,
     options: BackendOptions | None = None,
     loop: str = "auto",
 ) -> None:
@@ -99,6 +100,7 @@ def run(
             identity=identity,
             client_cert=client_cert,
             client_key=client_key,
+            proxy=proxy,
             options=options,
         )
 

@@ -106,6 +106,7 @@ async def serve_upstream(
     identity: bool | str | os.PathLike[str] = False,
     client_cert: str | os.PathLike[str] | None = None,
     client_key: str | os.PathLike[str] | None = None,
+    proxy: str | None = None,
     options: BackendOptions | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -132,6 +133,7 @@ async def serve_upstream(
         identity=identity,
         client_cert=client_cert,
         client_key=client_key,
+        proxy=proxy,
     )
     async with anyio.create_task_group() as nursery:
         # The upstream connections must outlive a cancelled serve_upstream while its tunnels

@@ -21,6 +21,7 @@ import trio
 
 import ptth._backend
 from ptth import BackendOptions
+from tests.e2e.agent_support import hypercorn_upstream, start_agent
 from tests.e2e.test_tunnel_tls import make_certs
 from tests.e2e.tools_support import connects_logged, tinyproxy
 from tests.support import child, free_port, make_hello_app, start_backend, start_router
@@ -325,3 +326,21 @@ async def test_silent_proxy_is_a_named_timeout(
     line = next(m for m in _proxy_lines(caplog) if "within 0.3 s" in m)
     assert f"no tunnel through proxy http://***@127.0.0.1:{port} within 0.3 s" in line
     assert "retrying in" in line and PASSWORD not in line
+
+
+async def test_agent_mode_through_proxy(tmp_path: Path) -> None:
+    """``serve_upstream(..., proxy=)``: agent mode dials through the proxy too."""
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        port = router.addresses.tunnel[1]
+        async with (
+            tinyproxy(nursery, tmp_path, [port]) as (url, proc),
+            hypercorn_upstream(nursery, "tests.e2e.apps_agent:app") as upstream,
+        ):
+            agent = await start_agent(nursery, f"http://{upstream}", router.tunnel, proxy=url)
+            await router.wait_tunnels(1)
+            assert connects_logged(proc, port) == 1
+            async with httpx.AsyncClient(timeout=5) as client:
+                assert (await client.get(router.url + "/status/299")).status_code == 299
+            await agent.stop()
+        nursery.cancel_scope.cancel()
