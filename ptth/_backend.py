@@ -30,7 +30,7 @@ from ._dial import ClientTLS, client_tls, dial, plaintext_token_warning
 from ._lifespan import Lifespan
 from ._scaling import ScalePolicy
 from ._targets import Target, expands, resolve, watch
-from ._workers import WorkerBook
+from ._workers import WorkerBook, describe_worker
 from .driver import Connection, Stream, StreamHandler
 from .engine import Liveness, Settings
 from .errors import (
@@ -399,16 +399,19 @@ class _Backend:
         )
         capacity = min(self.options.max_concurrent_streams, accepted.max_streams or 2**31)
         log.info(
-            "tunnel %s: registered with %s (service %s)",
+            "tunnel %s: registered with %s (service %s%s)",
             accepted.tunnel_id,
             target,
             self.options.service,
+            describe_worker(accepted.worker),
         )
         self.tunnels.add(tunnel)
         group = self._by_router.setdefault(target, {})
         group[tunnel] = capacity
         worker = accepted.worker if slot >= 0 else None
         surplus = not self.workers.registered(target.key, worker)
+        if surplus:
+            log.info("tunnel %s: a surplus tunnel to its worker; closing it", accepted.tunnel_id)
         if self._connectors is not None:  # the router named more workers: more slots
             for extra in self.workers.new_slots(target.key):
                 self._connectors.start_soon(self._connector, target, extra)

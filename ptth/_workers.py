@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 
 from .proto.handshake import WorkerInfo
 
-__all__ = ["REDIAL_DELAY", "WorkerBook"]
+__all__ = ["REDIAL_DELAY", "WorkerBook", "describe_worker"]
 
 # Upper bound of the jittered pause before dialling again after a 421: the next dial most
 # likely reaches another worker (the kernel spreads connections), so waiting longer buys nothing.
 REDIAL_DELAY = 0.05
+
+
+def describe_worker(worker: WorkerInfo | None) -> str:
+    """ ", worker <id> of <count>" for a log line; "" for a router of one process."""
+    return "" if worker is None else f", worker {worker.id} of {worker.count}"
 
 
 @dataclass

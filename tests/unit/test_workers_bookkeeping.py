@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptth._workers import REDIAL_DELAY, WorkerBook
+from ptth._workers import REDIAL_DELAY, WorkerBook, describe_worker
+from ptth.errors import ConfigError
 from ptth.proto.handshake import WorkerInfo
+from router.config import RouterConfig, load_config
 from router.workers import (
     MAX_START_FAILURES,
     START_WINDOW,
@@ -177,3 +179,20 @@ def test_bind_sockets_reports_a_busy_port() -> None:
         taken.listen()
         with pytest.raises(OSError):
             bind_sockets(f"127.0.0.1:{taken.getsockname()[1]}", 1, reuse_port=False)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1025", ""])
+def test_config_refuses_bad_worker_counts(value: str) -> None:
+    with pytest.raises(ConfigError, match="workers"):
+        RouterConfig(workers=value)
+
+
+def test_config_takes_auto_and_numbers() -> None:
+    assert RouterConfig(workers="auto").workers == "auto"
+    assert load_config(["--workers", "4", "--reuse-port", "false"]).reuse_port is False
+    assert load_config([], environ={"PTTH_WORKERS": "3"}).workers == "3"
+
+
+def test_log_note_names_the_worker() -> None:
+    assert describe_worker(None) == ""
+    assert describe_worker(w(2, 4)) == ", worker r1/2 of 4"
