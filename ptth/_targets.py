@@ -50,8 +50,13 @@ class Target:
 def expands(address: RouterAddress, proxy: ProxyURL | None) -> bool:
     """Whether each address of ``address.host`` is dialled as a router of its own: not for
     IP literals, not through a proxy (the proxy resolves), not for http(s):// (the HTTP client
-    resolves, and a session belongs to one server anyway)."""
+    resolves, and a session belongs to one server anyway), and not for ``localhost`` (RFC 6761
+    §6.3): its ``::1`` and ``127.0.0.1`` are one machine, where a router usually listens on one
+    of them, so the name is dialled as such (either address that answers)."""
     if proxy is not None or address.scheme in ("http", "https"):
+        return False
+    name = address.host.rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
         return False
     try:
         ipaddress.ip_address(address.host)

@@ -16,6 +16,7 @@ import trio
 
 import ptth._backend
 from ptth import BackendOptions
+from ptth._targets import resolve
 from tests.e2e.apps_drain import make_app
 from tests.support import ThreadSafeEvent, start_backend, start_router
 
@@ -115,10 +116,9 @@ async def test_each_address_is_a_router_and_a_vanished_one_drains(
     assert "keeping 1 known address(es)" in failures[0]
 
 
-async def test_localhost_is_resolved_and_dialled_by_address(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The real resolver: ``localhost`` is dialled at its address(es), named in the log."""
+async def test_localhost_is_dialled_as_one_router(caplog: pytest.LogCaptureFixture) -> None:
+    """``localhost`` is one machine: dialled by name (whichever of its addresses answers), not
+    one router per address, so a router on 127.0.0.1 alone gives no failing ::1 connector."""
     caplog.set_level(logging.INFO, logger="ptth")
     async with trio.open_nursery() as nursery:
         router = await start_router(nursery, tunnel="127.0.0.1:0")
@@ -127,7 +127,16 @@ async def test_localhost_is_resolved_and_dialled_by_address(
             nursery, make_app("b"), f"localhost:{port}", options=_options()
         )
         await router.wait_tunnels(1)
+        await trio.sleep(0.5)  # a few resolve intervals
         await backend.stop()
         nursery.cancel_scope.cancel()
     messages = [r.getMessage() for r in caplog.records]
-    assert any(f"registered with localhost:{port} (127.0.0.1)" in m for m in messages)
+    assert any(f"registered with localhost:{port} (service" in m for m in messages)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_real_resolver_gives_one_target_per_address() -> None:
+    """The lookup itself (ptth/_targets.py resolve) on a name this machine knows."""
+    found = await resolve("localhost", 80)
+    expected = {info[4][0] for info in socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)}
+    assert set(found) == expected and len(found) == len(expected)
