@@ -5,6 +5,7 @@ loops, WebSockets included; ``python -m ptth --router http://...``; ``--no-front
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
@@ -17,6 +18,8 @@ import trio
 import trustme
 
 from ptth.errors import HandshakeRefused
+from router.config import RouterConfig
+from router.server import Router
 from tests.e2e.apps_websocket import make_app as make_ws_app
 from tests.support import (
     child,
@@ -167,4 +170,31 @@ async def test_https_tunnel_verifies_the_router(tmp_path: Path, helper_loop: str
         assert answer.headers["x-backend"] == "tls"
         await trio.sleep(0.5)
         assert router.tunnel_count() == 1 and untrusting.error is None  # still retrying
+        nursery.cancel_scope.cancel()
+
+
+async def test_router_shutdown_with_an_httpsock_tunnel_is_prompt(helper_loop: str) -> None:
+    """A held GET does not keep the router's drain waiting: the tunnel is drained with the
+    others and ``serve`` returns well within the poll timeout (25 s)."""
+    config = dataclasses.replace(
+        RouterConfig(), http="127.0.0.1:0", tunnel="none", access_log=False, drain_timeout=5
+    )
+    router = Router(config)
+    async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as running:
+            addresses = await running.start(router.serve)
+            url = addresses.http_url
+            backend = await start_backend(nursery, make_hello_app("d"), url, loop=helper_loop)
+            with trio.fail_after(10):
+                while not router.registry.tunnels():
+                    await trio.sleep(0.02)
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(url + "/x")).text == "bar"
+            await trio.sleep(0.3)  # the helper's GET is now held by the router
+            started = trio.current_time()
+            router.shutdown()  # ``running`` ends when ``serve`` has returned
+        took = trio.current_time() - started
+        print(f"router stopped {took:.2f} s after shutdown()")
+        assert took < 6, f"the router took {took:.1f} s to stop"
+        await backend.stop()
         nursery.cancel_scope.cancel()
