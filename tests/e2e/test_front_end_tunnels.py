@@ -8,6 +8,7 @@ from ``trustme``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -30,7 +31,8 @@ from ptth.errors import HandshakeRefused, TunnelError
 from ptth.proto.handshake import ClientHandshake, Registration
 from ptth.transport.ws_stream import WebSocketStream
 from ptth.types import Receive, Scope, Send
-from router.config import load_config
+from router.config import RouterConfig, load_config
+from router.server import Router, RouterAddresses
 from tests.e2e.apps_websocket import make_app as make_ws_app
 from tests.support import (
     RunningRouter,
@@ -501,4 +503,36 @@ async def test_ws_tunnel_over_the_http2_front_end() -> None:
         with trio.fail_after(5):
             while router.tunnel_count():
                 await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_shutdown_drains_front_end_tunnels_without_waiting_for_them() -> None:
+    """Tunnels on the front end's port do not count as users: the router's drain GOAWAYs them
+    with the others at once instead of waiting out --drain-timeout for them to close."""
+    config = dataclasses.replace(
+        RouterConfig(), http="127.0.0.1:0", tunnel="127.0.0.1:0", drain_timeout=10.0
+    )
+    router = Router(config)
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def run(task_status: trio.TaskStatus[RouterAddresses]) -> None:
+            try:
+                await router.serve(task_status=task_status)
+            finally:
+                done.set()
+
+        addresses = await nursery.start(run)
+        host, port = addresses.http
+        for address in (f"tcp://{host}:{port}", f"ws://{host}:{port}"):
+            await start_backend(nursery, make_hello_app("x"), address)
+        with trio.fail_after(10):
+            while len(router.registry.tunnels()) < 2:
+                await trio.sleep(0.01)
+        started = trio.current_time()
+        router.shutdown()
+        with trio.fail_after(8):
+            await done.wait()
+        assert trio.current_time() - started < 5
         nursery.cancel_scope.cancel()

@@ -251,3 +251,34 @@ def test_sends_are_cut_into_bounded_messages_and_aclose_sends_a_close() -> None:
         await pb.aclose()
 
     run(main)
+
+
+@pytest.mark.timeout(10)
+def test_send_waits_for_the_transport_and_receive_reads_only_when_empty() -> None:
+    """Backpressure is the transport's: a send returns once the transport took its frames."""
+
+    async def main() -> None:
+        a_send, b_receive = anyio.create_memory_object_stream[bytes](0)  # no buffer at all
+        b_send, a_receive = anyio.create_memory_object_stream[bytes](0)
+        pa, pb = Pipe(a_send, a_receive, [1 << 20]), Pipe(b_send, b_receive, [1 << 20])
+        client = WebSocketStream(pa, client=True)
+        server = WebSocketStream(pb, client=False)
+        sent = anyio.Event()
+
+        async def send() -> None:
+            await client.send(b"w" * 300_000)
+            sent.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            await anyio.sleep(0.05)
+            assert not sent.is_set()  # nobody read the transport yet
+            received = b""
+            while len(received) < 300_000:
+                received += await server.receive(1 << 20)
+            await sent.wait()
+        assert received == b"w" * 300_000
+        for stream in (client, server):
+            await stream.aclose()
+
+    run(main)
