@@ -29,6 +29,7 @@ def _worker_arguments() -> argparse.ArgumentParser:
     p.add_argument("--worker-count", type=int)
     p.add_argument("--worker-parent", type=int)
     p.add_argument("--inherit-fd", action="append", default=[])
+    p.add_argument("--worker-restarted", action="store_true")
     return p
 
 
@@ -39,7 +40,9 @@ def _worker_context(args: argparse.Namespace) -> worker_process.WorkerContext:
         name, _, fds = item.partition("=")
         sockets[name] = tuple(int(fd) for fd in fds.split(","))
     index = int(info.id.rpartition("/")[2])
-    return worker_process.WorkerContext(index=index, info=info, sockets=sockets)
+    return worker_process.WorkerContext(
+        index=index, info=info, sockets=sockets, restarted=args.worker_restarted
+    )
 
 
 def _die_with_parent(parent: int) -> None:

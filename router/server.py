@@ -185,6 +185,7 @@ class Router:
                     async with trio.open_nursery() as group:
                         with front_scope:
                             async with front, trio.open_nursery() as accepting:
+                                await worker_process.warm_up(lambda: len(self.registry.tunnels()))
                                 for listener in front.listeners:
                                     assert isinstance(listener, anyio.abc.SocketListener)
                                     accepting.start_soon(accept, listener, group)

@@ -9,6 +9,7 @@ no worker context, and everything here falls back to binding its own sockets as 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -17,7 +18,11 @@ from anyio.streams.stapled import MultiListener
 
 from ptth.proto.handshake import WorkerInfo
 
-__all__ = ["WorkerContext", "current", "listen", "set_current", "worker_info"]
+__all__ = ["WorkerContext", "current", "listen", "set_current", "warm_up", "worker_info"]
+
+# A restarted worker's wait for helpers to re-cover it before it takes users (see warm_up).
+WARM_UP_MAX = 3.0
+WARM_UP_QUIET = 0.5
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class WorkerContext:
     index: int
     info: WorkerInfo
     sockets: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    restarted: bool = False  # the supervisor restarted this worker after one died
 
 
 _current: WorkerContext | None = None
@@ -46,6 +52,24 @@ def current() -> WorkerContext | None:
 def worker_info() -> WorkerInfo | None:
     """The id the tunnel handshake announces, or None in a router of one process."""
     return None if _current is None else _current.info
+
+
+async def warm_up(tunnels: Callable[[], int]) -> None:
+    """A restarted worker starts with no tunnel: users it accepted at once would get 503 until
+    helpers re-cover it. Connections meanwhile wait in its socket's backlog (the supervisor
+    keeps it open), so it accepts them once tunnels have come and ``WARM_UP_QUIET`` seconds
+    passed with no new one, or after ``WARM_UP_MAX`` at most. ``tunnels()``: registered now."""
+    if _current is None or not _current.restarted:
+        return
+    started = last_change = anyio.current_time()
+    last = tunnels()
+    while (now := anyio.current_time()) - started < WARM_UP_MAX:
+        count = tunnels()
+        if count != last:
+            last, last_change = count, now
+        elif count and now - last_change >= WARM_UP_QUIET:
+            return
+        await anyio.sleep(0.05)
 
 
 async def listen(name: str, host: str | None, port: int) -> MultiListener[anyio.abc.SocketStream]:

@@ -155,9 +155,11 @@ class Supervisor:
             sock.close()
         self._all = []
 
-    def command(self, worker: _Worker) -> list[str]:
+    def command(self, worker: _Worker, *, restarted: bool = False) -> list[str]:
         args = [sys.executable, "-m", "router", *self.argv]
         args += ["--worker-id", f"{self.run_id}/{worker.index}"]
+        if restarted:  # it waits for helpers to re-cover it before taking users
+            args.append("--worker-restarted")
         args += ["--worker-count", str(self.count), "--worker-parent", str(os.getpid())]
         for name, socks in worker.sockets.items():
             if socks:
@@ -222,12 +224,15 @@ class Supervisor:
 
     async def _keep(self, worker: _Worker) -> None:
         policy = RestartPolicy(base=self.restart_base)
+        restarted = False
         while not self.stopping:
             fds = [s.fileno() for socks in worker.sockets.values() for s in socks]
             started = trio.current_time()
             try:
                 process = await trio.lowlevel.open_process(
-                    self.command(worker), stdin=subprocess.DEVNULL, pass_fds=fds
+                    self.command(worker, restarted=restarted),
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=fds,
                 )
             except OSError as exc:
                 log.error("worker %d: cannot start: %s", worker.index, exc)
@@ -262,6 +267,7 @@ class Supervisor:
                 delay,
             )
             await trio.sleep(delay)
+            restarted = True
 
 
 def _describe_exit(status: int) -> str:

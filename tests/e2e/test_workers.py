@@ -91,9 +91,12 @@ async def test_a_backend_covers_every_worker_and_recovers_a_restarted_one() -> N
         mark = len(router.output)
         os.kill(pids[1], signal.SIGKILL)
         await router.wait_for(re.compile(rb"worker 1 \(pid \d+\) was killed by SIGKILL; restart"))
-        await wait_until(lambda: registrations(router.output[mark:], 1) == 1)
+        # Right away, while worker 1 is down: connections hashed to its socket wait in the
+        # backlog, and the new worker takes them once the backend has re-covered it, so even
+        # these get 200 (ARCHITECTURE.md, "Several cores").
         statuses = await fresh_requests(url, 30)
         assert statuses == [200] * 30
+        assert registrations(router.output[mark:], 1) == 1
         after = served_by(router.output[mark:])
         assert after[0] > 0 and after[1] > 0, after
         assert registrations(router.output[mark:], 0) == 0  # worker 0's tunnel never dropped
@@ -200,7 +203,7 @@ async def test_an_old_helper_reaches_one_worker_and_is_served(
 
 
 class _CrashingSupervisor(Supervisor):
-    def command(self, worker: object) -> list[str]:
+    def command(self, worker: object, *, restarted: bool = False) -> list[str]:
         return [sys.executable, "-c", "import sys; sys.exit(3)"]
 
 
