@@ -536,3 +536,26 @@ async def test_shutdown_drains_front_end_tunnels_without_waiting_for_them() -> N
             await done.wait()
         assert trio.current_time() - started < 5
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(20)
+async def test_tunnel_path_is_the_only_target_the_front_end_accepts() -> None:
+    """--tunnel-path moves the plain handshake; a handshake elsewhere is a 400 naming the path
+    (never proxied, since Upgrade: reverse is never a user's request)."""
+
+    async def handshake(port: int, path: bytes) -> bytes:
+        request = ClientHandshake(Registration(), f"127.0.0.1:{port}").request_bytes()
+        request = request.replace(b"POST /.well-known/ptth ", b"POST " + path + b" ", 1)
+        sock = await anyio.connect_tcp("127.0.0.1", port)
+        async with sock:
+            await sock.send(request)
+            with trio.fail_after(5):
+                return await sock.receive()
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tunnel_path="/custom/ptth")
+        port = router.addresses.http[1]
+        refused = await handshake(port, b"/.well-known/ptth")
+        assert refused.startswith(b"HTTP/1.1 400") and b"expected POST /custom/ptth" in refused
+        assert (await handshake(port, b"/custom/ptth")).startswith(b"HTTP/1.1 101")
+        nursery.cancel_scope.cancel()
