@@ -11,6 +11,7 @@ that safe. httpx does the HTTP, on asyncio and trio alike, through ``proxy=`` or
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import secrets
@@ -25,7 +26,7 @@ import httpx
 from ..errors import ConfigError, ForwardProxyError, HandshakeRefused, TunnelTLSError
 from . import protocol as p
 from ._tasks import Pump
-from .protocol import ClientSession, Limits
+from .protocol import ClientSession, GetRequest, Limits
 
 __all__ = ["ClientStream", "dial"]
 
@@ -206,8 +207,12 @@ class ClientStream(anyio.abc.ByteStream):
             while not self._closed and not core.reset and not core.inbox.eof:
                 request = core.next_get()
                 if request is None:  # the application has not read: no room
-                    await self._event.wait()
-                    continue
+                    with anyio.move_on_after(self._limits.idle_timeout / 3) as waited:
+                        await self._event.wait()
+                    if not waited.cancelled_caught:
+                        continue
+                    # Still no room: an empty GET, so that the session does not expire.
+                    request = GetRequest(core.inbox.offset, 0)
                 headers = {p.ACK: str(request.ack), p.CONTENT_LENGTH: str(request.size)}
                 response = await self._request("GET", headers)
                 if response is None:
@@ -285,6 +290,9 @@ async def dial(
     extra = dict(headers or {})
     if authorization is not None:
         extra["authorization"] = authorization
+    # A secret of this client's, sent on every request and bound to the session with the
+    # token: the token travels in URLs, which proxies log; headers they seldom do.
+    extra[p.SESSION_KEY] = secrets.token_urlsafe(32)
     extensions: dict[str, Any] = {}
     if connect_ip is not None:
         try:
@@ -319,23 +327,7 @@ async def dial(
         token = response.headers.get(p.SESSION, "").strip()
         if not token or not token.replace("-", "").replace("_", "").isalnum():
             raise HandshakeRefused(502, "no session token in the server's 201 answer")
-        poll = response.headers.get(p.POLL_TIMEOUT)
-        try:
-            server_poll = float(poll) if poll is not None else limits.poll_timeout
-        except ValueError:
-            server_poll = limits.poll_timeout
-        if math.isfinite(server_poll) and 0 < server_poll < limits.idle_timeout:
-            limits = Limits(
-                max_put=min(
-                    limits.max_put,
-                    p.parse_offset(response.headers.get(p.MAX_PUT)) or limits.max_put,
-                ),
-                max_get=limits.max_get,
-                inbox=limits.inbox,
-                outbox=limits.outbox,
-                poll_timeout=server_poll,
-                idle_timeout=limits.idle_timeout,
-            )
+        limits = _adopt(limits, response.headers)
     except httpx.InvalidURL as exc:
         if owns:
             await http_client.aclose()
@@ -369,6 +361,28 @@ async def dial(
         owns_client=owns,
         extensions=extensions,
     )
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds > 0 else None
+
+
+def _adopt(limits: Limits, headers: Mapping[str, str]) -> Limits:
+    """The server's PUT size, poll timeout and idle timeout where they are smaller than ours:
+    the client must not send more than it takes, nor stay silent longer than it waits."""
+    max_put = p.parse_offset(headers.get(p.MAX_PUT)) or limits.max_put
+    poll = _seconds(headers.get(p.POLL_TIMEOUT)) or limits.poll_timeout
+    idle = min(limits.idle_timeout, _seconds(headers.get(p.IDLE_TIMEOUT)) or math.inf)
+    try:
+        return dataclasses.replace(
+            limits, max_put=min(max_put, limits.max_put), poll_timeout=poll, idle_timeout=idle
+        )
+    except ValueError:  # nonsense from the server (idle not above poll): keep ours
+        return limits
 
 
 def _tls_failure(exc: BaseException) -> str | None:

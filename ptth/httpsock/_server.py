@@ -277,7 +277,8 @@ class Listener:
 
     def _binding(self, request: Request) -> bytes:
         client = request.client[0] if self.bind_client_address else ""
-        return p.binding(client, request.headers.get("authorization"))
+        headers = request.headers
+        return p.binding(client, headers.get("authorization"), headers.get(p.SESSION_KEY))
 
     async def respond(self, request: Request) -> Response:
         """The answer to one request (every answer says ``Cache-Control: no-store``)."""
@@ -338,6 +339,7 @@ class Listener:
             (p.SESSION, session.token),
             (p.MAX_PUT, str(self.limits.max_put)),
             (p.POLL_TIMEOUT, f"{self.limits.poll_timeout:g}"),
+            (p.IDLE_TIMEOUT, f"{self.limits.idle_timeout:g}"),
         ]
         return Response(201, headers, session.token.encode() + b"\n")
 
@@ -378,7 +380,7 @@ class Listener:
             if answer is not None or anyio.current_time() >= deadline:
                 break
             await live.wait(deadline - anyio.current_time())
-        if answer is None:
+        if answer is None or answer.status == 204:
             return Response(204, [NO_STORE, (p.SEQ, str(ack))])
         if answer.status == 410:
             return _text(410, "session reset", (p.RESET, "1"))

@@ -48,8 +48,10 @@ EOF = "x-eof"
 RESET = "x-reset"
 CONTENT_LENGTH = "x-content-length"
 SESSION = "x-session"
+SESSION_KEY = "x-session-key"
 MAX_PUT = "x-max-put"
 POLL_TIMEOUT = "x-poll-timeout"
+IDLE_TIMEOUT = "x-idle-timeout"
 CACHE_BUST = "r"  # the query parameter every request carries, different each time
 
 # Offsets are decimal; 20 digits cover 2**64, more is an attack on int().
@@ -190,10 +192,11 @@ class GetAnswer:
     eof: bool = False
 
 
-def binding(client: str, authorization: str | None) -> bytes:
-    """What a session is bound to at creation, besides its token: the client's address and
-    its credentials. A leaked token (proxies log URLs) is not enough alone."""
-    text = f"{client}\0{authorization or ''}".encode("utf-8", "surrogateescape")
+def binding(client: str, authorization: str | None, key: str | None = None) -> bytes:
+    """What a session is bound to at creation, besides its token: the client's address, its
+    credentials and the secret ``X-Session-Key`` its client chose. A leaked token (proxies log
+    URLs; clients behind one proxy share its address) is not enough alone."""
+    text = f"{client}\0{authorization or ''}\0{key or ''}".encode("utf-8", "surrogateescape")
     return hashlib.sha256(text).digest()
 
 
@@ -266,7 +269,7 @@ class ServerSession:
         """The answer to a GET, or None: nothing to say yet (hold it)."""
         if self.aborted:
             return GetAnswer(410)
-        if ack is None or size is None or size == 0:
+        if ack is None or size is None:
             return GetAnswer(400)
         out = self.outbox
         if ack < out.base:
@@ -276,6 +279,8 @@ class ServerSession:
             return GetAnswer(400, out.base)
         if out.base != base:
             self._changed()  # room for the application's writes
+        if size == 0:  # a client with no room left keeps its session alive
+            return GetAnswer(204, ack)
         data = out.peek(ack, min(size, self.limits.max_get))
         at_end = out.eof and ack + len(data) == out.end
         if data or at_end:

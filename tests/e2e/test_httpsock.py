@@ -363,3 +363,25 @@ def test_memory_budget_and_refusals_before_the_body(server: str, loop: str) -> N
             await served.aclose()
 
     run(server, loop, scenario, max_buffered=1000)
+
+
+@params
+def test_a_client_that_does_not_read_keeps_its_session(server: str, loop: str) -> None:
+    """With its inbox full the client has no GET to hold; it still sends an empty one every
+    third of the server's idle timeout (3 s here), so the session outlives the pause."""
+
+    async def scenario(url: str, listener: Listener) -> None:
+        client = await dial(url, limits=Limits(inbox=1000))
+        served = await listener.accept()
+        blob = bytes(range(250)) * 20  # 5,000 bytes: five inboxes' worth
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(served.send, blob)
+            await anyio.sleep(5)  # longer than the idle timeout, reading nothing
+            got = bytearray()
+            while len(got) < len(blob):
+                got += await client.receive()
+        assert bytes(got) == blob
+        await client.aclose()
+        await served.aclose()
+
+    run(server, loop, scenario)

@@ -291,6 +291,8 @@ def test_table_binds_tokens_caps_and_expires() -> None:
     assert table.find(first.token, binding("10.0.0.2", "Bearer x"), 1.0) is None
     assert table.find(first.token, binding("10.0.0.1", "Bearer y"), 1.0) is None
     assert table.find(first.token[:-1] + "A", mine, 1.0) is None
+    keyed = binding("10.0.0.1", "Bearer x", "client-secret")
+    assert keyed != mine and keyed != binding("10.0.0.1", "Bearer x", "other-secret")
     first.begin(2.0)  # a request in flight keeps it alive past the idle timeout
     assert table.find(first.token, mine, 20.0) is first
     first.end(20.0)
