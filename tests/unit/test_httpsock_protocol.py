@@ -328,3 +328,52 @@ def test_http_and_https_router_addresses_pick_httpsock() -> None:
         "/edge/socket",
     )
     assert parse_router_address(str(secure)) == secure
+
+
+HEADER_NAMES = ["x-seq", "x-ack", "x-eof", "x-reset", "x-content-length", "authorization"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from(["POST", "PUT", "GET", "DELETE", "HEAD", "put", "OPTIONS"]),
+            st.sampled_from(["", "/", "/TOKEN", "/TOKEN/", "/TOKEN/x", "/../TOKEN"])
+            | st.text(max_size=20),
+            st.dictionaries(
+                st.sampled_from(HEADER_NAMES),
+                st.sampled_from(["0", "1", "-1", "5", "99999999999999999999999", "", "x"])
+                | st.text(max_size=8),
+                max_size=6,
+            ),
+            st.binary(max_size=64),
+        ),
+        max_size=12,
+    )
+)
+def test_any_request_gets_an_answer_never_an_exception(
+    requests: list[tuple[str, str, dict[str, str], bytes]],
+) -> None:
+    """Whatever a peer sends, the listener answers with a status and no-store (rule: nothing a
+    peer sends may end the router)."""
+    import trio
+
+    from ptth.httpsock import Listener, Request
+
+    async def main() -> None:
+        listener = Listener(limits=Limits(poll_timeout=0.01, idle_timeout=0.05), max_sessions=3)
+        token = "none"
+        for method, path, headers, body in requests:
+            request = Request(method, path.replace("TOKEN", token), headers, ("1.2.3.4", 5), body)
+            admitted = listener.admit(request, len(body))
+            response = admitted if not isinstance(admitted, int) else None
+            if response is None:
+                response = await listener.respond(request)
+                listener.release(admitted)
+            assert 200 <= response.status < 600
+            assert ("cache-control", "no-store") in response.headers
+            if response.status == 201:
+                token = dict(response.headers)["x-session"]
+        await listener.aclose()
+
+    trio.run(main)
