@@ -34,7 +34,7 @@ services = ["*"]
 hosts = ["*"]
 """
 
-READY = re.compile(rb"front end on (http://[\d.]+:\d+), tunnel port on ([\d.]+:\d+): 2 workers")
+READY = re.compile(rb"front end on (http://[\d.]+:\d+), tunnel port on ([\d.]+:\d+): \d+ workers")
 STARTED = re.compile(rb"worker (\d) started \(pid (\d+)\)")
 
 
@@ -51,9 +51,11 @@ def served_by(output: bytes) -> Counter[int]:
 
 
 @asynccontextmanager
-async def router_child(nursery: trio.Nursery, *flags: str) -> AsyncIterator[tuple[Child, str, str]]:
-    """The supervisor and its two workers on ephemeral ports: (child, front-end URL, tunnel)."""
-    args = ["--workers", "2", "--http", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", *flags]
+async def router_child(
+    nursery: trio.Nursery, *flags: str, workers: int = 2
+) -> AsyncIterator[tuple[Child, str, str]]:
+    """The supervisor and its workers on ephemeral ports: (child, front-end URL, tunnel)."""
+    args = ["--workers", str(workers), "--http", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", *flags]
     async with child(nursery, "-m", "router", *args, "--drain-timeout", "5") as router:
         match = await router.wait_for(READY)
         yield router, match.group(1).decode(), match.group(2).decode()
@@ -115,6 +117,26 @@ async def test_a_backend_dialling_the_front_end_port_covers_every_worker() -> No
         assert await fresh_requests(url, 20) == [200] * 20
         await trio.sleep(0.5)
         assert registrations(router.output, 0) == registrations(router.output, 1) == 1
+        await backend.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def test_three_workers_sharing_one_socket_are_all_covered() -> None:
+    """``--reuse-port false``: whichever worker wakes first accepts; dials still reach all."""
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        router, url, tunnel = await stack.enter_async_context(
+            router_child(nursery, "--reuse-port", "false", workers=3)
+        )
+        assert b"3 workers (one shared socket)" in router.output
+        backend = await start_backend(nursery, make_hello_app("b1"), tunnel, connections=2)
+        await wait_until(lambda: all(registrations(router.output, i) >= 2 for i in range(3)))
+        assert await fresh_requests(url, 20) == [200] * 20
+        await trio.sleep(0.5)  # any surplus tunnel has been drained and not replaced
+        text = router.text()
+        for i in range(3):  # surplus ones may be closed before their registration is logged
+            up = set(re.findall(rf"worker {i} router\.tunnel: tunnel (\w+): registered", text))
+            lost = set(re.findall(rf"worker {i} router\.tunnel: tunnel (\w+): lost", text))
+            assert len(up - lost) == 2, text
         await backend.stop()
         nursery.cancel_scope.cancel()
 
