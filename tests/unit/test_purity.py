@@ -21,6 +21,7 @@ PURE = [
     "ptth/proto/headers.py",
     "ptth/proto/fields.py",
     "ptth/_backoff.py",
+    "ptth/_workers.py",
     "ptth/proto/address.py",
     "ptth/_upstream_url.py",
     "ptth/proto/ws_frames.py",
