@@ -40,6 +40,8 @@ __all__ = ["H1Connection", "ClientGoneError"]
 log = logging.getLogger("router.frontend")
 
 RECEIVE_SIZE = 64 * 1024
+# After a switch of protocols (a WebSocket) the bytes are bulk frames, not heads: larger reads.
+SWITCHED_RECEIVE_SIZE = 256 * 1024
 PIPELINE_LIMIT = 64 * 1024  # bytes read ahead of the request being answered
 _BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _FRAMING_NOMINEES = frozenset({b"content-length", b"transfer-encoding", b"host"})
@@ -224,9 +226,9 @@ class H1Connection:
     def peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}"
 
-    async def _recv(self) -> bytes:
+    async def _recv(self, size: int = RECEIVE_SIZE) -> bytes:
         try:
-            return await self.sock.receive(RECEIVE_SIZE)
+            return await self.sock.receive(size)
         except anyio.EndOfStream:
             self.eof = True
             return b""
@@ -387,7 +389,7 @@ class H1Exchange(Exchange):
             if self._raw:
                 data, self._raw = self._raw, b""
                 return data, True
-            data = await self.owner._recv()
+            data = await self.owner._recv(SWITCHED_RECEIVE_SIZE)
             if not data:
                 self.gone = True
                 raise ClientGoneError()
