@@ -178,6 +178,13 @@ class Supervisor:
             self.count,
             "SO_REUSEPORT" if self.reuse_port else "one shared socket",
         )
+        if getattr(self.config, "front_end_tunnels", False):
+            # Its POST, PUTs and GETs come on connections of their own, which the kernel hands
+            # to any worker; a session lives in the worker that opened it.
+            log.info(
+                "httpsock tunnels (http://, https://) need --workers 1: a session's requests "
+                "would reach different workers; backends should dial tcp://, tls:// or ws://"
+            )
         wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         with trio.open_signal_receiver(*wanted) as signals:
             async with trio.open_nursery() as nursery:
