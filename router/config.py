@@ -26,6 +26,7 @@ class RouterConfig:
     ws_path: str = "/.well-known/ptth/ws"  # WebSocket tunnels on the front end
     httpsock_path: str = "/.well-known/ptth/socket"  # httpsock tunnels (http://, https://)
     httpsock_max_sessions: int = 1000
+    httpsock_max_sessions_per_client: int = 64  # 0 = no per-address cap
     httpsock_poll_timeout: float = 25.0  # a held GET with nothing to say is answered 204
     httpsock_idle_timeout: float = 60.0  # a session with no request for this long expires
     token: str | None = None
@@ -146,6 +147,7 @@ _HELP = {
     "ws_path": "path of WebSocket tunnels (ws://, wss://) on the front end",
     "httpsock_path": "path of httpsock tunnels (socket over plain HTTP; http://, https://)",
     "httpsock_max_sessions": "cap on httpsock sessions; over it: 503 with Retry-After",
+    "httpsock_max_sessions_per_client": "cap on httpsock sessions from one address (0 = none)",
     "httpsock_poll_timeout": "seconds an httpsock GET is held open when there is nothing to send",
     "httpsock_idle_timeout": "seconds without any request after which an httpsock session expires",
     "token": "require 'Authorization: Bearer TOKEN' on the tunnel port",

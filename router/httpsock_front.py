@@ -46,12 +46,16 @@ class HttpSockFront:
             )
         except ValueError as exc:
             raise ConfigError(f"httpsock: {exc}") from None
-        if config.httpsock_max_sessions < 1:
-            raise ConfigError("httpsock_max_sessions must be at least 1")
+        if config.httpsock_max_sessions < 1 or config.httpsock_max_sessions_per_client < 0:
+            raise ConfigError("httpsock_max_sessions must be at least 1, per client >= 0")
         self.path = path.rstrip("/").encode("ascii")
         self.allowed = config.front_end_tunnels
         self.tunnels = tunnels
-        self.listener = Listener(limits=limits, max_sessions=config.httpsock_max_sessions)
+        self.listener = Listener(
+            limits=limits,
+            max_sessions=config.httpsock_max_sessions,
+            max_sessions_per_client=config.httpsock_max_sessions_per_client or None,
+        )
         self._scope = trio.CancelScope()
 
     def matches(self, target: bytes) -> bool:

@@ -182,7 +182,8 @@ class Listener:
     {base}/{token}``. ``bind_client_address`` binds each session to the address that opened it
     (turn it off behind proxies that spread one client over several addresses); the
     ``Authorization`` header given at creation is always part of the binding. At most
-    ``max_sessions`` live at once and ``backlog`` wait for :meth:`accept` (then ``503``).
+    ``max_sessions`` live at once, ``max_sessions_per_client`` from one address (``None``: no
+    such cap), and ``backlog`` wait for :meth:`accept` (then ``503``).
     ``max_buffered`` bounds the memory of every session together: bytes received and not yet
     read, and PUT bodies being read (over it, a PUT waits or gets ``503``; the client retries).
     """
@@ -192,6 +193,7 @@ class Listener:
         *,
         limits: Limits | None = None,
         max_sessions: int = 1000,
+        max_sessions_per_client: int | None = 64,
         backlog: int = 64,
         bind_client_address: bool = True,
         max_buffered: int = 64 * 1024 * 1024,
@@ -200,7 +202,7 @@ class Listener:
         self.max_buffered = max_buffered
         self._reserved = 0  # PUT bodies being read
         self._inbox_bound = 0  # at least the bytes in every session's inbox (see _free)
-        self.table = SessionTable(self.limits, max_sessions)
+        self.table = SessionTable(self.limits, max_sessions, max_sessions_per_client)
         self.bind_client_address = bind_client_address
         # A session's waiters, while its stream exists: a stream the application dropped
         # takes its session with it (the client's next request gets 404, a reset).
@@ -322,7 +324,8 @@ class Listener:
     def _open(self, request: Request) -> Response:
         if self._closed:
             return _text(503, "not accepting sessions", ("retry-after", "5"))
-        session = self.table.create(self._binding(request), anyio.current_time())
+        now = anyio.current_time()
+        session = self.table.create(self._binding(request), now, request.client[0])
         if session is None:
             return _text(503, "too many sessions", ("retry-after", "5"))
         live = _Live(session, request.client)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -215,6 +217,7 @@ class ServerSession:
     in_flight: int = 0  # requests being served (a held GET keeps the session alive)
     app_closed: bool = False  # the application will read no more
     version: int = 0  # bumped on every change a waiter may care about
+    client: str = ""  # the address that opened it (for the per-client cap)
 
     def _changed(self) -> None:
         self.version += 1
@@ -355,12 +358,28 @@ class SessionTable:
     """The server's sessions by token: 256-bit tokens, bound to a binding, capped, expiring.
 
     Tokens are looked up by their SHA-256 so that a lookup's timing says nothing about a token.
+    ``max_per_client`` caps the sessions of one client address, so that one client cannot hold
+    them all. Expiry is swept at most once per ``SWEEP_INTERVAL`` (and when a cap is reached).
     """
 
-    def __init__(self, limits: Limits, max_sessions: int) -> None:
+    SWEEP_INTERVAL = 1.0
+
+    def __init__(
+        self, limits: Limits, max_sessions: int, max_per_client: int | None = None
+    ) -> None:
         self.limits = limits
         self.max_sessions = max_sessions
+        self.max_per_client = max_per_client
         self._sessions: dict[bytes, ServerSession] = {}
+        self._per_client: Counter[str] = Counter()
+        self._swept_at = -math.inf
+
+    def _drop(self, key: bytes) -> None:
+        session = self._sessions.pop(key, None)
+        if session is not None:
+            self._per_client[session.client] -= 1
+            if self._per_client[session.client] <= 0:
+                del self._per_client[session.client]
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -368,14 +387,23 @@ class SessionTable:
     def __iter__(self) -> Iterator[ServerSession]:
         return iter(list(self._sessions.values()))
 
-    def create(self, bound_to: bytes, now: float) -> ServerSession | None:
-        """A new session, or None at the cap (after forgetting the expired ones)."""
+    def _full(self, client: str) -> bool:
+        return len(self._sessions) >= self.max_sessions or (
+            self.max_per_client is not None and self._per_client[client] >= self.max_per_client
+        )
+
+    def create(self, bound_to: bytes, now: float, client: str = "") -> ServerSession | None:
+        """A new session for ``client`` (its address), or None at a cap (after forgetting the
+        expired ones)."""
         self.sweep(now)
-        if len(self._sessions) >= self.max_sessions:
-            return None
+        if self._full(client):
+            self.sweep(now, force=True)
+            if self._full(client):
+                return None
         token = secrets.token_urlsafe(32)  # 256 random bits
-        session = ServerSession(token, bound_to, self.limits, now)
+        session = ServerSession(token, bound_to, self.limits, now, client=client)
         self._sessions[hashlib.sha256(token.encode()).digest()] = session
+        self._per_client[client] += 1
         return session
 
     def find(self, token: str, bound_to: bytes, now: float) -> ServerSession | None:
@@ -389,15 +417,21 @@ class SessionTable:
             session.reset()
             session.last_seen = now  # the reset is news from now on
         if session.forgettable(now):
-            del self._sessions[key]
+            self._drop(key)
             return None
         return session
 
     def forget(self, session: ServerSession) -> None:
-        self._sessions.pop(hashlib.sha256(session.token.encode()).digest(), None)
+        key = hashlib.sha256(session.token.encode()).digest()
+        if self._sessions.get(key) is session:
+            self._drop(key)
 
-    def sweep(self, now: float) -> list[ServerSession]:
-        """Expire idle sessions and forget finished ones; the ones reset now are returned."""
+    def sweep(self, now: float, *, force: bool = False) -> list[ServerSession]:
+        """Expire idle sessions and forget finished ones; the ones reset now are returned.
+        Does nothing within ``SWEEP_INTERVAL`` of the last sweep unless ``force``."""
+        if not force and now - self._swept_at < self.SWEEP_INTERVAL:
+            return []
+        self._swept_at = now
         reset: list[ServerSession] = []
         for key, session in list(self._sessions.items()):
             if not session.aborted and session.expired(now):
@@ -405,7 +439,7 @@ class SessionTable:
                 session.last_seen = now
                 reset.append(session)
             if session.forgettable(now):
-                del self._sessions[key]
+                self._drop(key)
         return reset
 
 

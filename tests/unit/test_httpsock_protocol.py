@@ -377,3 +377,14 @@ def test_any_request_gets_an_answer_never_an_exception(
         await listener.aclose()
 
     trio.run(main)
+
+
+def test_per_client_cap() -> None:
+    table = SessionTable(Limits(), max_sessions=10, max_per_client=2)
+    sessions = [table.create(b"b", 0.0, "10.0.0.1") for _ in range(3)]
+    assert sessions[0] is not None and sessions[1] is not None and sessions[2] is None
+    assert table.create(b"b", 0.0, "10.0.0.2") is not None  # another address
+    first = sessions[0]
+    first.delete(reset=True)
+    table.forget(first)
+    assert table.create(b"b", 0.0, "10.0.0.1") is not None  # its place is free again
