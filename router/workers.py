@@ -147,6 +147,7 @@ class Supervisor:
         self.http = http[0][0].getsockname()[:2]
         self.tunnel = tunnel[0][0].getsockname()[:2] if tunnel[0] else None
         self.stopping = False
+        self._stopped = trio.Event()
         self.gave_up = False
         self.restart_base = RestartPolicy.base  # seconds before the first restart
 
@@ -221,6 +222,7 @@ class Supervisor:
     def stop(self) -> None:
         """Drain: no new connections reach the port (our copies close), workers finish."""
         self.stopping = True
+        self._stopped.set()
         self.close_sockets()
         self._signal_all(signal.SIGTERM)
 
@@ -273,7 +275,8 @@ class Supervisor:
                 how,
                 delay,
             )
-            await trio.sleep(delay)
+            with trio.move_on_after(delay):  # a stop ends the wait
+                await self._stopped.wait()
             restarted = True
 
 

@@ -176,11 +176,11 @@ async def test_sighup_reaches_every_worker_and_sigterm_drains_them(tmp_path: Pat
                 results.append((await client.get(f"{url}/slow")).status_code)
 
         async with trio.open_nursery() as users:
-            for _ in range(8):
+            for _ in range(16):
                 users.start_soon(one)
-            await wait_until(lambda: arrived == 8, timeout=10)
+            await wait_until(lambda: arrived == 16, timeout=10)
             router.process.send_signal(signal.SIGTERM)
-        assert results == [200] * 8
+        assert results == [200] * 16
         with trio.fail_after(20):
             status = await router.process.wait()
         assert status == 0
