@@ -304,12 +304,17 @@ class ServerSession:
             self.inbox.buf.clear()
             self._changed()
 
+    def _idle_limit(self) -> float:
+        # Once the application has closed, a client that is still there keeps a GET
+        # outstanding; one that fetches nothing for a poll's length is not coming back.
+        return self.limits.poll_timeout if self.app_closed else self.limits.idle_timeout
+
     def expired(self, now: float) -> bool:
-        return self.in_flight == 0 and now - self.last_seen > self.limits.idle_timeout
+        return self.in_flight == 0 and now - self.last_seen > self._idle_limit()
 
     def deadline(self) -> float:
         """When it expires if nothing happens (meaningful while no request is in flight)."""
-        return self.last_seen + self.limits.idle_timeout
+        return self.last_seen + self._idle_limit()
 
     def forgettable(self, now: float) -> bool:
         """Closed by the client, or reset and then left alone for a poll's length (so the

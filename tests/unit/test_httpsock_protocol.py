@@ -388,3 +388,10 @@ def test_per_client_cap() -> None:
     first.delete(reset=True)
     table.forget(first)
     assert table.create(b"b", 0.0, "10.0.0.1") is not None  # its place is free again
+
+
+def test_a_closed_session_nobody_fetches_expires_after_a_poll() -> None:
+    session = ServerSession("t", b"b", Limits(poll_timeout=1.0, idle_timeout=10.0), 0.0)
+    assert not session.expired(5.0)
+    session.app_close()
+    assert session.expired(1.5) and session.deadline() == 1.0
