@@ -559,3 +559,24 @@ async def test_tunnel_path_is_the_only_target_the_front_end_accepts() -> None:
         assert refused.startswith(b"HTTP/1.1 400") and b"expected POST /custom/ptth" in refused
         assert (await handshake(port, b"/custom/ptth")).startswith(b"HTTP/1.1 101")
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(60)
+async def test_agent_mode_over_ws() -> None:
+    """``python -m ptth --to URL --router ws://...``: agent mode dials the same transports."""
+    from tests.e2e.agent_support import REGISTERED, hypercorn_upstream
+
+    async with (
+        trio.open_nursery() as nursery,
+        hypercorn_upstream(nursery, "tests.e2e.apps_agent:app") as upstream,
+    ):
+        router = await start_router(nursery)
+        args = ("-m", "ptth", "--to", f"http://{upstream}", "--router", front(router, "ws"))
+        async with child(nursery, *args) as agent:
+            await agent.wait_for(REGISTERED, timeout=20)
+            await router.wait_tunnels(1)  # the router registers once the agent's SETTINGS came
+            (tunnel,) = router.router.registry.tunnels()
+            assert "(ws)" in tunnel.peer
+            response = await get(router, "/hello")
+            assert response.status_code == 200 and response.headers["x-upstream"] == "yes"
+        nursery.cancel_scope.cancel()
