@@ -45,7 +45,7 @@ from .groups import unwrap
 from .identity import certificate_fingerprint, load_or_create
 from .proto.address import RouterAddress, parse_address, parse_router_address
 from .proto.connect import ProxyURL, proxy_for
-from .proto.handshake import ClientHandshake, Registration
+from .proto.handshake import ClientHandshake, Registration, WorkerInfo
 from .proto.headers import parse_request_block
 from .proto.hostnames import normalize_claim
 from .proto.keyid import key_label
@@ -188,10 +188,15 @@ class _Backend:
         # Slots per router worker (ARCHITECTURE.md, "Several cores"; ptth/_workers.py).
         self.workers = WorkerBook(options.connections)
 
-    def _maybe_scale(self, target: Target) -> None:
-        """A stream started on a tunnel to ``target``: open an extra tunnel if all are full."""
+    def _maybe_scale(self, target: Target, worker: WorkerInfo | None = None) -> None:
+        """A stream started on a tunnel to ``target``: open an extra tunnel if all are full
+        (all of that router worker's: each worker routes over its own; ptth/_workers.py)."""
         group = self._by_router.get(target, {})
-        loads = [(tunnel.open_streams, capacity) for tunnel, capacity in group.items()]
+        loads = [
+            (tunnel.open_streams, capacity)
+            for tunnel, capacity in group.items()
+            if self.workers.worker_of(tunnel) == worker
+        ]
         dialling = self._dialling.get(target, 0)
         if (
             self.draining
@@ -208,14 +213,15 @@ class _Backend:
             len(loads) + dialling + 1,
             self.scaling.maximum,
         )
-        self._connectors.start_soon(self._extra_connector, target)
+        self._connectors.start_soon(self._extra_connector, target, worker)
 
     def _is_retired(self, target: Target) -> bool:
         retired = self._retired.get(target)
         return retired is not None and retired.is_set()
 
-    async def _extra_connector(self, target: Target) -> None:
-        """One on-demand tunnel: dialled once, closed when idle, never replaced."""
+    async def _extra_connector(self, target: Target, worker: WorkerInfo | None = None) -> None:
+        """One on-demand tunnel (to ``worker``, when the router has several): dialled once,
+        closed when idle, never replaced."""
         opts = self.options
         backoff = Backoff(
             base=opts.backoff_base, cap=opts.backoff_cap, reset_after=opts.backoff_reset_after
@@ -230,10 +236,19 @@ class _Backend:
 
         router = str(target)
         try:
-            try:
-                await self._dial(target, -1, backoff, on_live=live)
-            except BaseExceptionGroup as group:
-                raise unwrap(group, PTTHError) from None
+            avoid = self.workers.others(worker)
+            for _ in range(self.workers.extra_dials(worker)):
+                try:
+                    await self._dial(target, -1, backoff, on_live=live, avoid=avoid)
+                    break
+                except HandshakeRefused as exc:
+                    if exc.status != 421:  # 421: another worker answered; dial again
+                        raise
+                    await anyio.sleep(self.workers.redial_delay(self.rng))
+                except BaseExceptionGroup as group:
+                    raise unwrap(group, PTTHError) from None
+            else:
+                log.info("router %s: no extra tunnel reached its worker; not opened", router)
         except (OSError, PTTHError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             log.warning(
                 "%s; extra tunnel not opened (another is dialled when one is needed)",
@@ -320,6 +335,7 @@ class _Backend:
         backoff: Backoff,
         *,
         on_live: Callable[[], None] | None = None,
+        avoid: tuple[str, ...] = (),
     ) -> None:
         """``_connect_once`` holding one of the router's ``HANDSHAKES_PER_ROUTER`` slots until
         the tunnel is registered (or failed): a helper opens thousands of tunnels in waves."""
@@ -338,7 +354,7 @@ class _Backend:
                 on_live()
 
         try:
-            await self._connect_once(target, slot, backoff, on_live=registered)
+            await self._connect_once(target, slot, backoff, on_live=registered, avoid=avoid)
         finally:
             if held:
                 slots.release()
@@ -350,7 +366,9 @@ class _Backend:
         backoff: Backoff,
         *,
         on_live: Callable[[], None] | None = None,
+        avoid: tuple[str, ...] = (),
     ) -> None:
+        """``avoid``: router workers that must not take this tunnel (Ptth-Covered-Workers)."""
         proxy = self.proxies[target.address]
         try:
             sock = await dial(
@@ -365,7 +383,7 @@ class _Backend:
         try:
             # The name, also when dialled at one of its addresses (Target.ip).
             authority = target.address.authority
-            covered = self.workers.covered(target.key) if slot >= 0 else ()
+            covered = self.workers.covered(target.key) if slot >= 0 else avoid
             handshake = ClientHandshake(self.registration, authority, covered=covered)
             with anyio.fail_after(HANDSHAKE_TIMEOUT):
                 await sock.send(handshake.request_bytes())
@@ -385,7 +403,7 @@ class _Backend:
         serve_stream = self.handler or self._handle_stream
 
         async def on_stream(stream: Stream) -> None:
-            self._maybe_scale(target)
+            self._maybe_scale(target, accepted.worker)
             await serve_stream(stream)
 
         tunnel = Connection(
@@ -408,6 +426,7 @@ class _Backend:
         self.tunnels.add(tunnel)
         group = self._by_router.setdefault(target, {})
         group[tunnel] = capacity
+        self.workers.track(tunnel, accepted.worker)
         worker = accepted.worker if slot >= 0 else None
         surplus = not self.workers.registered(target.key, worker)
         if surplus:
@@ -430,6 +449,7 @@ class _Backend:
             self.tunnels.discard(tunnel)
             group.pop(tunnel, None)
             self.workers.dropped(target.key, worker)
+            self.workers.untrack(tunnel)
             log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel.close_reason)
 
     async def _handle_stream(self, stream: Stream) -> None:

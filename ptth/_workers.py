@@ -8,14 +8,17 @@ each router address: the first 101 that names N workers grows the slots to ``con
 and each dial lists the workers already covered (``Ptth-Covered-Workers``), which answer 421,
 so a slot dials again until it reaches a worker still missing. A race can still land two slots
 on one worker; the surplus tunnel is then drained and its slot dials again. On-demand extra
-tunnels (ptth/_scaling.py) go to any worker and are not counted here. A router that names no
-worker (one process, or an older router) is covered by the slots as they always were.
+tunnels (ptth/_scaling.py) are a worker's own: opened when that worker's tunnels are full, they
+list every other worker as covered so only that one takes them, and they are not counted in the
+coverage. A router that names no worker (one process, or an older router) is covered by the
+slots as they always were.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from .proto.handshake import WorkerInfo
@@ -46,6 +49,31 @@ class WorkerBook:
     def __init__(self, per_worker: int) -> None:
         self.per_worker = per_worker
         self._routers: dict[tuple[str, int], _Router] = {}
+        self._tunnels: dict[Hashable, WorkerInfo | None] = {}  # every live tunnel's worker
+
+    def track(self, tunnel: Hashable, worker: WorkerInfo | None) -> None:
+        self._tunnels[tunnel] = worker
+
+    def untrack(self, tunnel: Hashable) -> None:
+        self._tunnels.pop(tunnel, None)
+
+    def worker_of(self, tunnel: Hashable) -> WorkerInfo | None:
+        return self._tunnels.get(tunnel)
+
+    @staticmethod
+    def others(worker: WorkerInfo | None) -> tuple[str, ...]:
+        """Every other worker of ``worker``'s run: what an extra tunnel for it lists as covered."""
+        if worker is None:
+            return ()
+        run = worker.id.rpartition("/")[0]
+        ids = (f"{run}/{index}" for index in range(worker.count))
+        return tuple(other for other in ids if other != worker.id)
+
+    @staticmethod
+    def extra_dials(worker: WorkerInfo | None) -> int:
+        """Dials an extra tunnel for ``worker`` may take (each reaches it with chance 1/N):
+        8N gives up with chance e^-8, about 3 in 10,000."""
+        return 1 if worker is None else 8 * worker.count
 
     def _of(self, key: tuple[str, int]) -> _Router:
         router = self._routers.get(key)

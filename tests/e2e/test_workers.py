@@ -121,6 +121,46 @@ async def test_a_backend_dialling_the_front_end_port_covers_every_worker() -> No
         nursery.cancel_scope.cancel()
 
 
+async def test_extra_tunnels_open_to_the_worker_whose_tunnels_are_full() -> None:
+    """Each worker routes over its own tunnels, so on-demand extras are per worker
+    (ptth/_workers.py): 10 long requests over 2 workers, 2 streams per tunnel, all reach the
+    app before the router's 5 s queue timeout, through extras registered with their worker."""
+    arrived = 0
+    release = trio.Event()
+
+    async def hold(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal arrived
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        arrived += 1
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        router, url, tunnel = await stack.enter_async_context(router_child(nursery))
+        backend = await start_backend(
+            nursery, hold, tunnel, max_concurrent_streams=2, max_connections=8
+        )
+        await wait_until(lambda: both_covered(router))
+        results: list[int] = []
+
+        async def one() -> None:
+            async with httpx.AsyncClient(timeout=15) as client:
+                results.append((await client.get(f"{url}/long")).status_code)
+
+        async with trio.open_nursery() as users:
+            for _ in range(10):
+                users.start_soon(one)
+            await wait_until(lambda: arrived == 10, timeout=4)
+            release.set()
+        assert results == [200] * 10
+        assert registrations(router.output, 0) + registrations(router.output, 1) >= 5
+        await backend.stop()
+        nursery.cancel_scope.cancel()
+
+
 async def test_three_workers_sharing_one_socket_are_all_covered() -> None:
     """``--reuse-port false``: whichever worker wakes first accepts; dials still reach all."""
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:

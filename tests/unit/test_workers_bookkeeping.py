@@ -196,3 +196,21 @@ def test_config_takes_auto_and_numbers() -> None:
 def test_log_note_names_the_worker() -> None:
     assert describe_worker(None) == ""
     assert describe_worker(w(2, 4)) == ", worker r1/2 of 4"
+
+
+def test_an_extra_tunnel_lists_every_other_worker() -> None:
+    assert WorkerBook.others(w(1, 4)) == ("r1/0", "r1/2", "r1/3")
+    assert WorkerBook.others(w(0, 1)) == ()
+    assert WorkerBook.others(None) == ()
+    assert WorkerBook.extra_dials(None) == 1 and WorkerBook.extra_dials(w(0, 4)) == 32
+
+
+def test_tunnels_are_tracked_by_worker() -> None:
+    book = WorkerBook(per_worker=1)
+    first, second = object(), object()
+    book.track(first, w(0))
+    book.track(second, None)
+    assert book.worker_of(first) == w(0) and book.worker_of(second) is None
+    book.untrack(first)
+    book.untrack(first)  # twice is harmless
+    assert book.worker_of(first) is None
