@@ -37,6 +37,8 @@ ANSWER_MARGIN = 10.0
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
 CLOSE_TIMEOUT = 5.0  # aclose: to flush the last bytes and the EOF, then to say DELETE
+CUT_AFTER = 1.0  # a request failing after this long was cut on its way, not refused
+MIN_POLL = 1.0  # the shortest hold a GET asks for
 
 
 def _bust() -> dict[str, str]:
@@ -66,6 +68,7 @@ class ClientStream(anyio.abc.ByteStream):
         self._retry_for = retry_for
         self._owns_client = owns_client
         self._core = ClientSession(limits)
+        self._poll = limits.poll_timeout  # how long a GET asks to be held (X-Poll-Timeout)
         self._event = anyio.Event()
         self._error: str | None = None
         self._closed = False
@@ -174,11 +177,19 @@ class ClientStream(anyio.abc.ByteStream):
         self, method: str, headers: dict[str, str], content: bytes | None = None
     ) -> httpx.Response | None:
         """One request, retried with the same offsets until an answer comes, or None after
-        ``retry_for`` seconds of failures (the session is then as good as expired)."""
+        ``retry_for`` seconds of failures (the session is then as good as expired).
+
+        A held GET that something on the way cuts (an attempt that failed after a while)
+        shortens the hold the client asks for (``X-Poll-Timeout``) to half of what got
+        through, down to 1 s: proxies that end quiet requests early still carry the session.
+        """
         delay = RETRY_BASE
         give_up = anyio.current_time() + self._retry_for
-        timeout = httpx.Timeout(self._limits.poll_timeout + ANSWER_MARGIN)
         while True:
+            if method in ("GET", "PUT"):  # both may be held by the server
+                headers[p.POLL_TIMEOUT] = f"{self._poll:g}"
+            timeout = httpx.Timeout(self._poll + ANSWER_MARGIN)
+            started = anyio.current_time()
             try:
                 response = await self._client.request(
                     method,
@@ -194,6 +205,18 @@ class ClientStream(anyio.abc.ByteStream):
                 failure = f"{response.status_code} {response.reason_phrase}"
             except httpx.TransportError as exc:
                 failure = f"{type(exc).__name__}: {exc}"
+            lasted = anyio.current_time() - started
+            if lasted >= CUT_AFTER:
+                # The server was there and something cut the request: not an outage.
+                delay = RETRY_BASE
+                give_up = anyio.current_time() + self._retry_for
+                if method == "GET" and lasted < self._poll + ANSWER_MARGIN / 2:
+                    self._poll = max(MIN_POLL, min(self._poll, lasted / 2))
+                    log.info(
+                        "httpsock: held GETs cut after %.1f s; asking for %.1f s",
+                        lasted,
+                        self._poll,
+                    )
             if anyio.current_time() + delay > give_up:
                 self._error = f"httpsock {method} failed for {self._retry_for:g} s: {failure}"
                 return None
@@ -363,20 +386,12 @@ async def dial(
     )
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and math.isfinite(seconds) and seconds > 0 else None
-
-
 def _adopt(limits: Limits, headers: Mapping[str, str]) -> Limits:
     """The server's PUT size, poll timeout and idle timeout where they are smaller than ours:
     the client must not send more than it takes, nor stay silent longer than it waits."""
     max_put = p.parse_offset(headers.get(p.MAX_PUT)) or limits.max_put
-    poll = _seconds(headers.get(p.POLL_TIMEOUT)) or limits.poll_timeout
-    idle = min(limits.idle_timeout, _seconds(headers.get(p.IDLE_TIMEOUT)) or math.inf)
+    poll = min(limits.poll_timeout, p.parse_seconds(headers.get(p.POLL_TIMEOUT)) or math.inf)
+    idle = min(limits.idle_timeout, p.parse_seconds(headers.get(p.IDLE_TIMEOUT)) or math.inf)
     try:
         return dataclasses.replace(
             limits, max_put=min(max_put, limits.max_put), poll_timeout=poll, idle_timeout=idle

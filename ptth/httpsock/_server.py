@@ -346,10 +346,16 @@ class Listener:
         ]
         return Response(201, headers, session.token.encode() + b"\n")
 
+    def _hold(self, request: Request) -> float:
+        """How long a GET or PUT may be held: the poll timeout, or less if the client asks
+        (it is behind something that cuts quiet requests early)."""
+        asked = p.parse_seconds(request.headers.get(p.POLL_TIMEOUT))
+        return self.limits.poll_timeout if asked is None else min(self.limits.poll_timeout, asked)
+
     async def _put(self, live: _Live, request: Request) -> Response:
         session = live.session
         seq = p.parse_offset(request.headers.get(p.SEQ))
-        deadline = anyio.current_time() + self.limits.poll_timeout
+        deadline = anyio.current_time() + self._hold(request)
         # No room for new bytes: hold the PUT until the application reads (backpressure).
         # Its own body is in the budget already (admit reserved it).
         while (
@@ -376,7 +382,7 @@ class Listener:
         session = live.session
         ack = p.parse_offset(request.headers.get(p.ACK))
         size = p.parse_offset(request.headers.get(p.CONTENT_LENGTH))
-        deadline = anyio.current_time() + self.limits.poll_timeout
+        deadline = anyio.current_time() + self._hold(request)
         while True:
             answer = session.get(ack, size)
             live.notify()

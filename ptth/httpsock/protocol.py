@@ -70,6 +70,17 @@ def parse_offset(value: str | None) -> int | None:
     return int(text)
 
 
+def parse_seconds(value: str | None) -> float | None:
+    """A positive, finite number of seconds, or None."""
+    if value is None or len(value) > 32:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
 def flag(value: str | None) -> bool:
     """``X-EOF: 1`` / ``X-Reset: 1``."""
     return value is not None and value.strip() == "1"

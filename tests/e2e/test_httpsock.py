@@ -385,3 +385,63 @@ def test_a_client_that_does_not_read_keeps_its_session(server: str, loop: str) -
         await served.aclose()
 
     run(server, loop, scenario)
+
+
+async def cutting_relay(
+    target: int, idle_cut: float, cuts: list[float], *, task_status: anyio.abc.TaskStatus[int]
+) -> None:
+    """A middlebox between client and server: relays TCP, and drops any connection on which
+    nothing has moved for ``idle_cut`` seconds (what many proxies do to a held request)."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as relay:
+        task_status.started(relay.extra(anyio.abc.SocketAttribute.local_port))
+
+        async def handle(client: anyio.abc.SocketStream) -> None:
+            async with client, await anyio.connect_tcp("127.0.0.1", target) as server:
+                moved = anyio.current_time()
+
+                async def pipe(a: anyio.abc.SocketStream, b: anyio.abc.SocketStream) -> None:
+                    nonlocal moved
+                    try:
+                        async for data in a:
+                            moved = anyio.current_time()
+                            await b.send(data)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        pass
+                    tg.cancel_scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipe, client, server)
+                    tg.start_soon(pipe, server, client)
+                    while anyio.current_time() - moved < idle_cut:
+                        await anyio.sleep(0.1)
+                    cuts.append(anyio.current_time())
+                    tg.cancel_scope.cancel()  # cut: both sockets are closed
+
+        await relay.serve(handle)
+
+
+@params
+def test_a_middlebox_that_cuts_held_requests(server: str, loop: str) -> None:
+    """Held GETs cut after 1.5 s of silence: the client asks for shorter holds and the
+    session carries bytes both ways as before (the server would hold for 5 s)."""
+
+    async def scenario(url: str, listener: Listener) -> None:
+        port = int(url.split(":")[2].split("/")[0])
+        async with anyio.create_task_group() as tg:
+            cuts: list[float] = []
+            relay = await tg.start(cutting_relay, port, 1.5, cuts)
+            client = await dial(url.replace(f":{port}", f":{relay}"))
+            served = await listener.accept()
+            await anyio.sleep(6)  # quiet: the first held GET is cut, the next ones are not
+            assert 1 <= len(cuts) <= 2, cuts  # (the POST's idle connection may be the other)
+            await served.send(b"after the cut")
+            with anyio.fail_after(3):
+                assert await client.receive() == b"after the cut"
+            await client.send(b"and back")
+            with anyio.fail_after(3):
+                assert await served.receive() == b"and back"
+            await client.aclose()
+            await served.aclose()
+            tg.cancel_scope.cancel()
+
+    run(server, loop, scenario, limits=Limits(poll_timeout=5.0, idle_timeout=15.0))
