@@ -50,6 +50,9 @@ class HttpSockFront:
             raise ConfigError("httpsock_max_sessions must be at least 1, per client >= 0")
         self.path = path.rstrip("/").encode("ascii")
         self.allowed = config.front_end_tunnels
+        # A session lives in one process; with several workers its requests would reach
+        # others, which do not know it (ARCHITECTURE.md, "Socket over plain HTTP").
+        self.single_process = str(getattr(config, "workers", "1")).strip() == "1"
         self.tunnels = tunnels
         self.listener = Listener(
             limits=limits,
@@ -72,6 +75,15 @@ class HttpSockFront:
                 [(b"content-type", b"text/plain; charset=utf-8")],
                 b"this router takes no tunnels on its public port (--no-front-end-tunnels); "
                 b"dial its tunnel port\n",
+            )
+            return
+        if not self.single_process:
+            await _answer(
+                exchange,
+                403,
+                [(b"content-type", b"text/plain; charset=utf-8")],
+                b"httpsock tunnels need a router with one worker (--workers 1); dial tcp://, "
+                b"tls://, ws:// or wss:// here\n",
             )
             return
         path = request.target.partition(b"?")[0][len(self.path) :]

@@ -198,3 +198,17 @@ async def test_router_shutdown_with_an_httpsock_tunnel_is_prompt(helper_loop: st
         assert took < 6, f"the router took {took:.1f} s to stop"
         await backend.stop()
         nursery.cancel_scope.cancel()
+
+
+async def test_several_workers_refuse_httpsock() -> None:
+    """A session lives in one process: a router of several workers says so (403, final)."""
+    if "workers" not in {f.name for f in dataclasses.fields(RouterConfig)}:
+        pytest.skip("this tree's RouterConfig has no workers field yet")
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, workers="2")
+        backend = await start_backend(nursery, make_hello_app("w"), router.url)
+        with trio.fail_after(10):
+            await backend.done.wait()
+        assert isinstance(backend.error, HandshakeRefused) and backend.error.status == 403
+        assert "one worker" in backend.error.reason
+        nursery.cancel_scope.cancel()
