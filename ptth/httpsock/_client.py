@@ -37,6 +37,7 @@ ANSWER_MARGIN = 10.0
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
 CLOSE_TIMEOUT = 5.0  # aclose: to flush the last bytes and the EOF, then to say DELETE
+RESET_TIMEOUT = 1.0  # aclose_forcefully: to say DELETE with X-Reset
 CUT_AFTER = 1.0  # a request failing after this long was cut on its way, not refused
 MIN_POLL = 1.0  # the shortest hold a GET asks for
 
@@ -73,11 +74,17 @@ class ClientStream(anyio.abc.ByteStream):
         self._error: str | None = None
         self._closed = False
         self._send_lock = anyio.Lock()
-        self._pumps = [Pump(self._get_pump), Pump(self._put_pump)]
+        self._pumps = [Pump(self._get_pump, self._failed), Pump(self._put_pump, self._failed)]
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return {}
+
+    def _failed(self, exc: BaseException) -> None:
+        """A pump died of something unforeseen: the stream is broken, never silently stuck."""
+        if self._error is None:
+            self._error = f"httpsock: {type(exc).__name__}: {exc}"
+        self._notify()
 
     # -- the application's side ----------------------------------------------------------
 
@@ -163,7 +170,8 @@ class ClientStream(anyio.abc.ByteStream):
         headers = dict(self._headers)
         if reset:
             headers[p.RESET] = "1"
-        with anyio.move_on_after(CLOSE_TIMEOUT):
+        # An abort is often a way out of trouble: it must not keep its caller long.
+        with anyio.move_on_after(RESET_TIMEOUT if reset else CLOSE_TIMEOUT):
             try:
                 await self._client.delete(
                     self._url, params=_bust(), headers=headers, extensions=self._extensions

@@ -28,8 +28,13 @@ class Pump:
     """``fn`` running in the background until it returns or :meth:`stop` is awaited; what it
     raised is in :attr:`error`."""
 
-    def __init__(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        fn: Callable[[], Awaitable[None]],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._fn = fn
+        self._on_error = on_error
         self._scope = anyio.CancelScope()
         self._done = anyio.Event()
         self.error: BaseException | None = None
@@ -51,6 +56,8 @@ class Pump:
         except BaseException as exc:  # stored; the owner reports it
             self.error = exc
             log.debug("httpsock pump failed", exc_info=True)
+            if self._on_error is not None:
+                self._on_error(exc)
         finally:
             self._done.set()
 

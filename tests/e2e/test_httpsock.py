@@ -12,6 +12,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -445,3 +446,63 @@ def test_a_middlebox_that_cuts_held_requests(server: str, loop: str) -> None:
             tg.cancel_scope.cancel()
 
     run(server, loop, scenario, limits=Limits(poll_timeout=5.0, idle_timeout=15.0))
+
+
+def test_a_garbled_answer_breaks_the_stream_never_hangs() -> None:
+    """A GET answer with a nonsense X-Seq: the client's receive raises BrokenResourceError
+    instead of waiting forever."""
+
+    async def main() -> None:
+        with anyio.fail_after(20):
+            listener = Listener(limits=FAST)
+
+            async def garbling(scope: Any, receive: Any, send: Any) -> None:
+                async def garbled_send(message: Any) -> None:
+                    if message["type"] == "http.response.start" and message["status"] == 200:
+                        headers = [
+                            (n, b"12x" if n == b"x-seq" else v) for n, v in message["headers"]
+                        ]
+                        message = {**message, "headers": headers}
+                    await send(message)
+
+                await listener(scope, receive, garbled_send)
+
+            async with listener, serving("hypercorn", "trio", garbling) as url:  # type: ignore[arg-type]
+                client = await dial(url)
+                served = await listener.accept()
+                await served.send(b"bytes")
+                with pytest.raises(anyio.BrokenResourceError, match="nonsense"):
+                    await client.receive()
+                await anyio.aclose_forcefully(client)
+                await served.aclose()
+
+    anyio.run(main, backend="trio")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_pump_that_dies_says_so(loop: str) -> None:
+    """ptth/httpsock/_tasks.py: an unforeseen exception reaches the owner; stop() waits."""
+    from ptth.httpsock._tasks import Pump
+
+    async def main() -> None:
+        seen: list[BaseException] = []
+
+        async def boom() -> None:
+            await anyio.sleep(0)
+            raise RuntimeError("boom")
+
+        async def forever() -> None:
+            await anyio.sleep_forever()
+
+        failing = Pump(boom, seen.append)
+        with anyio.fail_after(5):
+            while failing.running:
+                await anyio.sleep(0.01)
+        assert isinstance(failing.error, RuntimeError) and seen == [failing.error]
+        waiting = Pump(forever, seen.append)
+        await anyio.sleep(0.01)
+        with anyio.fail_after(5):
+            await waiting.stop()  # cancelled, and not an error
+        assert not waiting.running and waiting.error is None and len(seen) == 1
+
+    anyio.run(main, backend=loop)
