@@ -85,52 +85,60 @@ def measure(setup: Setup, seconds: float) -> Sample:
         args += ["--access-log", "false", "--workers", str(setup.workers)]
         args += ["--reuse-port", "true" if setup.reuse_port else "false", "--drain-timeout", "2"]
         router = stack.enter_context(child("router", args, READY))
-        ready = router.wait_ready(START_TIMEOUT)
-        url, tunnel = ready[1], ready[2]
-        backends = [
-            stack.enter_context(
-                child(f"backend{i}", ["-m", "ptth", APP, "--router", tunnel, "--log-level", "INFO"])
-            )
-            for i in range(setup.backends)
-        ]
-        deadline = time.monotonic() + START_TIMEOUT
-        while not tunnels_up(router, setup):
-            if time.monotonic() > deadline:
-                raise MeasureError(f"{setup.name}: tunnels not all up:\n" + "\n".join(router.lines))
-            router.check_alive()
-            time.sleep(0.05)
-        wait_ok(f"{url}/foo", [router, *backends])
-        workers = {f"w{m[1]}": int(m[2]) for line in router.lines if (m := STARTED.search(line))}
-        routers = workers if setup.workers > 1 else {"w0": router.pid}
-        pids = {**routers, **{f"b{i}": b.pid for i, b in enumerate(backends)}}
-        wrk(f"{url}/foo", 50, 2, 1.0)  # warm-up: connections, allocator, tunnel windows
-        with CpuMeter(pids) as cpu:
-            result = wrk(f"{url}/foo", 50, 2, seconds)
-        router_cpu = sum(cpu.shares[n] for n in routers)
-        split = tuple(cpu.shares[n] / router_cpu if router_cpu else 0.0 for n in sorted(routers))
-        # New connections all the time: how evenly the kernel (or the shared socket) hands
-        # connections to workers, seen as each worker's share of the router's CPU.
-        args = ["wrk", "-t2", "-c50", f"-d{CLOSE_SECONDS:g}s", "-H", "Connection: close"]
-        with CpuMeter(routers) as close_cpu:
-            out = run_tool([*args, f"{url}/foo"], timeout=CLOSE_SECONDS + 30)
-        found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        if found is None:
-            raise MeasureError(f"cannot parse wrk output:\n{out}")
-        close_total = sum(close_cpu.shares.values())
-        close_split = tuple(
-            close_cpu.shares[n] / close_total if close_total else 0.0 for n in sorted(routers)
+        try:
+            return _figures(setup, seconds, stack, router)
+        except FileNotFoundError as exc:  # /proc/PID gone: a process died during a figure
+            tail = "\n".join(list(router.lines)[-40:])
+            raise MeasureError(f"a process exited during the run ({exc}):\n{tail}") from None
+
+
+def _figures(setup: Setup, seconds: float, stack: contextlib.ExitStack, router: Child) -> Sample:
+    ready = router.wait_ready(START_TIMEOUT)
+    url, tunnel = ready[1], ready[2]
+    backends = [
+        stack.enter_context(
+            child(f"backend{i}", ["-m", "ptth", APP, "--router", tunnel, "--log-level", "INFO"])
         )
-        return Sample(
-            rps=result["rps"],
-            p99_ms=result["p99"] * 1000,
-            failed=int(result["non2xx"] + result["errors"]),
-            router_cpu=router_cpu,
-            backend_cpu=sum(cpu.shares[f"b{i}"] for i in range(setup.backends)),
-            split=split,
-            other=cpu.other,
-            close_rps=float(found[1]),
-            close_split=close_split,
-        )
+        for i in range(setup.backends)
+    ]
+    deadline = time.monotonic() + START_TIMEOUT
+    while not tunnels_up(router, setup):
+        if time.monotonic() > deadline:
+            raise MeasureError(f"{setup.name}: tunnels not all up:\n" + "\n".join(router.lines))
+        router.check_alive()
+        time.sleep(0.05)
+    wait_ok(f"{url}/foo", [router, *backends])
+    workers = {f"w{m[1]}": int(m[2]) for line in router.lines if (m := STARTED.search(line))}
+    routers = workers if setup.workers > 1 else {"w0": router.pid}
+    pids = {**routers, **{f"b{i}": b.pid for i, b in enumerate(backends)}}
+    wrk(f"{url}/foo", 50, 2, 1.0)  # warm-up: connections, allocator, tunnel windows
+    with CpuMeter(pids) as cpu:
+        result = wrk(f"{url}/foo", 50, 2, seconds)
+    router_cpu = sum(cpu.shares[n] for n in routers)
+    split = tuple(cpu.shares[n] / router_cpu if router_cpu else 0.0 for n in sorted(routers))
+    # New connections all the time: how evenly the kernel (or the shared socket) hands
+    # connections to workers, seen as each worker's share of the router's CPU.
+    args = ["wrk", "-t2", "-c50", f"-d{CLOSE_SECONDS:g}s", "-H", "Connection: close"]
+    with CpuMeter(routers) as close_cpu:
+        out = run_tool([*args, f"{url}/foo"], timeout=CLOSE_SECONDS + 30)
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise MeasureError(f"cannot parse wrk output:\n{out}")
+    close_total = sum(close_cpu.shares.values())
+    close_split = tuple(
+        close_cpu.shares[n] / close_total if close_total else 0.0 for n in sorted(routers)
+    )
+    return Sample(
+        rps=result["rps"],
+        p99_ms=result["p99"] * 1000,
+        failed=int(result["non2xx"] + result["errors"]),
+        router_cpu=router_cpu,
+        backend_cpu=sum(cpu.shares[f"b{i}"] for i in range(setup.backends)),
+        split=split,
+        other=cpu.other,
+        close_rps=float(found[1]),
+        close_split=close_split,
+    )
 
 
 def main() -> int:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,7 +25,7 @@ def _worker_arguments() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--worker-id")
     p.add_argument("--worker-count", type=int)
-    p.add_argument("--worker-parent", type=int)
+    p.add_argument("--worker-parent-fd", type=int)
     p.add_argument("--inherit-fd", action="append", default=[])
     p.add_argument("--worker-restarted", action="store_true")
     return p
@@ -41,18 +39,21 @@ def _worker_context(args: argparse.Namespace) -> worker_process.WorkerContext:
         sockets[name] = tuple(int(fd) for fd in fds.split(","))
     index = int(info.id.rpartition("/")[2])
     return worker_process.WorkerContext(
-        index=index, info=info, sockets=sockets, restarted=args.worker_restarted
+        index=index,
+        info=info,
+        sockets=sockets,
+        restarted=args.worker_restarted,
+        parent_fd=args.worker_parent_fd,
     )
 
 
-def _die_with_parent(parent: int) -> None:
-    """A worker drains (SIGTERM) when its supervisor dies, even by SIGKILL: an orphan holding
-    the shared port would take connections nobody supervises. Linux only (prctl)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() != parent:  # it died before the prctl
-        os.kill(os.getpid(), signal.SIGTERM)
+async def _watch_supervisor(fd: int, router: Router) -> None:
+    """A worker drains when its supervisor is gone, however it died (even SIGKILL): the pipe's
+    write end, held only by the supervisor, closes, and the read end turns readable (EOF). An
+    orphan holding a SO_REUSEPORT socket would take connections nobody supervises."""
+    await trio.lowlevel.wait_readable(fd)
+    logging.getLogger("router").warning("the supervisor is gone; draining")
+    router.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,7 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if context is not None:
         worker_process.set_current(context)
-        _die_with_parent(worker_args.worker_parent or os.getppid())
     try:
         router = Router(config)
     except PTTHError as exc:  # e.g. a TLS certificate that cannot be read
@@ -94,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(serve)
+                if context is not None and context.parent_fd is not None:
+                    nursery.start_soon(_watch_supervisor, context.parent_fd, router)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         router.reload()

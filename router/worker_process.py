@@ -34,6 +34,7 @@ class WorkerContext:
     info: WorkerInfo
     sockets: dict[str, tuple[int, ...]] = field(default_factory=dict)
     restarted: bool = False  # the supervisor restarted this worker after one died
+    parent_fd: int | None = None  # read end of a pipe only the supervisor writes to (EOF: gone)
 
 
 _current: WorkerContext | None = None

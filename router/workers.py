@@ -12,6 +12,7 @@ backlog instead of being refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -146,6 +147,10 @@ class Supervisor:
         ]
         self.http = http[0][0].getsockname()[:2]
         self.tunnel = tunnel[0][0].getsockname()[:2] if tunnel[0] else None
+        # A pipe nobody writes to: workers inherit the read end and see EOF when the
+        # supervisor is gone (router/__main__.py). Not PR_SET_PDEATHSIG: that fires when the
+        # *thread* that spawned the child exits, and trio spawns from its worker threads.
+        self._alive = os.pipe()
         self.stopping = False
         self._stopped = trio.Event()
         self.gave_up = False
@@ -156,12 +161,19 @@ class Supervisor:
             sock.close()
         self._all = []
 
+    def close(self) -> None:
+        """Everything the supervisor holds (workers see the pipe's EOF)."""
+        self.close_sockets()
+        for fd in self._alive:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def command(self, worker: _Worker, *, restarted: bool = False) -> list[str]:
         args = [sys.executable, "-m", "router", *self.argv]
         args += ["--worker-id", f"{self.run_id}/{worker.index}"]
         if restarted:  # it waits for helpers to re-cover it before taking users
             args.append("--worker-restarted")
-        args += ["--worker-count", str(self.count), "--worker-parent", str(os.getpid())]
+        args += ["--worker-count", str(self.count), "--worker-parent-fd", str(self._alive[0])]
         for name, socks in worker.sockets.items():
             if socks:
                 fds = ",".join(str(s.fileno()) for s in socks)
@@ -236,6 +248,7 @@ class Supervisor:
         restarted = False
         while not self.stopping:
             fds = [s.fileno() for socks in worker.sockets.values() for s in socks]
+            fds.append(self._alive[0])
             started = trio.current_time()
             try:
                 process = await trio.lowlevel.open_process(
@@ -299,4 +312,4 @@ def supervise(config: RouterConfig, argv: Sequence[str], count: int) -> int:
     try:
         return trio.run(supervisor.run)
     finally:
-        supervisor.close_sockets()
+        supervisor.close()

@@ -264,6 +264,33 @@ async def test_an_old_helper_reaches_one_worker_and_is_served(
         nursery.cancel_scope.cancel()
 
 
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_workers_outlive_idle_threads_and_drain_when_the_supervisor_is_killed() -> None:
+    """Workers once died 10 s after their start, when trio retired the idle thread that had
+    spawned them (PR_SET_PDEATHSIG follows the parent thread). Now the supervisor's pipe tells
+    them it is gone, and only then."""
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        router, _, _ = await stack.enter_async_context(router_child(nursery))
+        await trio.sleep(11)
+        assert b"shutting down" not in router.output and b"exited" not in router.output
+        pids = [int(pid) for _, pid in STARTED.findall(router.output)]
+        router.process.kill()
+        # Not router.wait_for: it stops looking once the supervisor has exited.
+        said = re.compile(rb"worker \d router: the supervisor is gone")
+        await wait_until(lambda: len(said.findall(router.output)) == 2, timeout=10)
+        await wait_until(lambda: all(gone(pid) for pid in pids), timeout=10)
+        nursery.cancel_scope.cancel()
+
+
 class _CrashingSupervisor(Supervisor):
     def command(self, worker: object, *, restarted: bool = False) -> list[str]:
         return [sys.executable, "-c", "import sys; sys.exit(3)"]
@@ -277,5 +304,5 @@ async def test_the_supervisor_gives_up_on_workers_that_keep_crashing_at_start() 
         with trio.fail_after(30):
             status = await supervisor.run()
     finally:
-        supervisor.close_sockets()
+        supervisor.close()
     assert status == 1 and supervisor.gave_up
