@@ -68,6 +68,9 @@ class RouterConfig:
     max_header_size: int = 64 * 1024
     max_concurrent_streams: int = 100  # per HTTP/2 user connection
     h2c_upgrade: bool = False
+    admin: str = "127.0.0.1:8889"  # the admin listener (router/admin/); "none" turns it off
+    inspect_bodies: bool = False  # the request inspector keeps the first 4 KiB of each body
+    inspector_size: int = 200  # requests the inspector remembers
     tls_cert: str | None = None
     tls_key: str | None = None
     rate_limit: float = 0.0  # requests per second per client address; 0 = off
@@ -211,6 +214,12 @@ _HELP = {
         "honour 'Upgrade: h2c' over HTTP/1.1 (off by default: it lets h2c smuggling past a "
         "TLS-terminating proxy in front)"
     ),
+    "admin": (
+        "admin listener HOST:PORT: /metrics, /healthz, /readyz, /api/status and the status page "
+        "('none': off; never the public port)"
+    ),
+    "inspect_bodies": "the request inspector keeps the first 4 KiB of request and response bodies",
+    "inspector_size": "requests the status page's inspector remembers",
     "tls_cert": "front end TLS certificate chain (PEM); with tls_key serves HTTPS, ALPN h2/http1.1",
     "tls_key": "front end TLS private key (PEM); certificate and key reload on SIGHUP",
     "rate_limit": "requests per second allowed per client address (0 = no limit); over it: 429",

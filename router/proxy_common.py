@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 from h2.errors import ErrorCodes
@@ -43,6 +44,8 @@ from .routing import Route
 __all__ = [
     "MAX_ATTEMPTS",
     "ClientGone",
+    "Finished",
+    "Observer",
     "ProxyContext",
     "Slot",
     "bad_request",
@@ -60,6 +63,36 @@ class ClientGone(Exception):
     """The user disconnected (or stopped taking the response); nothing more to send."""
 
 
+@dataclass(slots=True)
+class Finished:
+    """One request or WebSocket session as it ended, handed to the :class:`Observer` once
+    (ARCHITECTURE.md, "Operations: the admin listener"). Times are ``time.monotonic()``;
+    ``headers_at`` is 0.0 when no response head reached the user."""
+
+    request: UserRequest
+    kind: str  # "http" or "websocket"
+    service: str
+    tunnel_id: str
+    instance: str
+    status: int
+    started: float
+    headers_at: float
+    ended: float
+    bytes_in: int
+    bytes_out: int
+    response_headers: Headers
+    request_body: bytes | None = None  # only when the observer asked for bodies
+    response_body: bytes | None = None
+
+
+class Observer(Protocol):
+    """Who counts finished requests (the admin listener); called once per request, no I/O."""
+
+    body_limit: int  # bytes of each body to keep in :class:`Finished`; 0: none
+
+    def finished(self, done: Finished) -> None: ...
+
+
 @dataclass
 class ProxyContext:
     config: RouterConfig
@@ -68,6 +101,8 @@ class ProxyContext:
     in_flight: int = 0
     limiter: RateLimiter | None = None
     per_client: Counter[str] = field(default_factory=Counter)
+    observer: Observer | None = None
+    websockets: int = 0  # WebSocket sessions on a tunnel now (handshake included)
 
     def __post_init__(self) -> None:
         if self.limiter is None and self.config.rate_limit > 0:

@@ -31,11 +31,12 @@ from ptth.proto.fields import declared_length
 from ptth.proto.headers import clean_trailers, from_tunnel_response, to_tunnel_request
 
 from .config import RouterConfig
-from .frontend.exchange import Exchange
+from .frontend.exchange import Exchange, UserRequest
 from .frontend.http1 import ClientGoneError
 from .proxy_common import (
     MAX_ATTEMPTS,
     ClientGone,
+    Finished,
     ProxyContext,
     bad_request,
     block_for,
@@ -69,12 +70,23 @@ class _Outcome:
     status: int = 0
     sent: int = 0
     tunnel_id: str = "-"
+    # What the admin listener's observer gets (ARCHITECTURE.md, "Operations: the admin listener").
+    service: str = "-"
+    instance: str = "-"
+    headers_at: float = 0.0
+    response_headers: list[tuple[bytes, bytes]] | None = None
+    body: RequestBody | None = None
+    response_body: bytearray | None = None  # kept up to body_limit (--inspect-bodies)
+    body_limit: int = 0
 
 
 async def forward(ctx: ProxyContext, exchange: Exchange) -> None:
     """Proxy one request; each failure becomes a status of ARCHITECTURE.md, "Error mapping"."""
     started = time.monotonic()
     outcome = _Outcome()
+    if ctx.observer is not None and ctx.observer.body_limit:
+        outcome.body_limit = ctx.observer.body_limit
+        outcome.response_body = bytearray()
     request = exchange.request
     host = request.host
     try:
@@ -93,6 +105,8 @@ async def forward(ctx: ProxyContext, exchange: Exchange) -> None:
             except ClientGoneError:
                 pass
     finally:
+        if ctx.observer is not None:
+            _observe(ctx, request, outcome, started)
         if ctx.config.access_log:
             log.info(
                 "%s %s %s %s %d %d %.1fms tunnel=%s",
@@ -107,6 +121,35 @@ async def forward(ctx: ProxyContext, exchange: Exchange) -> None:
             )
 
 
+def _observe(ctx: ProxyContext, request: UserRequest, outcome: _Outcome, started: float) -> None:
+    """Hand the finished request to the observer: one call, no I/O."""
+    assert ctx.observer is not None
+    body = outcome.body
+    limit = ctx.observer.body_limit
+    request_body = None
+    if limit and body is not None:
+        # The replay copy holds the body while it is small (REPLAY_LIMIT); past that it is gone.
+        request_body = b"".join(body.replay)[:limit] if body.replay is not None else None
+    ctx.observer.finished(
+        Finished(
+            request=request,
+            kind="http",
+            service=outcome.service,
+            tunnel_id=outcome.tunnel_id,
+            instance=outcome.instance,
+            status=outcome.status,
+            started=started,
+            headers_at=outcome.headers_at,
+            ended=time.monotonic(),
+            bytes_in=0 if body is None else body.total,
+            bytes_out=outcome.sent,
+            response_headers=outcome.response_headers or [],
+            request_body=request_body,
+            response_body=None if outcome.response_body is None else bytes(outcome.response_body),
+        )
+    )
+
+
 async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _Outcome) -> None:
     request = exchange.request
     if request.method == b"TRACE":
@@ -114,6 +157,7 @@ async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _O
         error.status = 405
         raise error
     route = ctx.route(host, request.target)
+    outcome.service = route.service
     prefix = route.prefix
     client_addr = request.client[0]
     trusted = client_addr in ctx.trusted_proxies
@@ -136,12 +180,13 @@ async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _O
     if limit and declared is not None and declared > limit:
         raise BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
     cfg = ctx.config
-    body = RequestBody(exchange, limit, cfg.request_body_timeout, cfg.min_body_rate)
+    body = outcome.body = RequestBody(exchange, limit, cfg.request_body_timeout, cfg.min_body_rate)
     no_body = declared == 0 or body.complete
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
         tunnel = await _acquire(ctx, route, tried, body)
         outcome.tunnel_id = tunnel.tunnel_id
+        outcome.instance = tunnel.registration.instance or "-"
         try:
             with released(ctx.registry, tunnel):
                 block = block_for(tunnel, headers, prefix)
@@ -304,6 +349,8 @@ async def _relay_response(
         fields = [*fields, (b"date", formatdate(usegmt=True).encode())]
     trailers = wants_trailers and (stream.trailers is not None or bool(late) or not ended)
     outcome.status = status
+    outcome.headers_at = time.monotonic()
+    outcome.response_headers = fields
     if request.method == b"HEAD" or status in (204, 304):
         # No body, whatever the backend sent (RFC 9110 §9.3.2, §15.3.5, §15.4.5).
         await _to_user(exchange.start(status, fields, end=True), cfg.response_idle_timeout)
@@ -321,6 +368,9 @@ async def _relay_response(
         # response (most small responses arrive whole).
         more = bool(chunk) and not (stream.received_end and stream.buffered == 0)
         outcome.sent += len(chunk)
+        kept = outcome.response_body
+        if kept is not None and len(kept) < outcome.body_limit:
+            kept += chunk[: outcome.body_limit - len(kept)]
         end = not more and not trailers
         await _to_user(exchange.send(chunk, end=end), cfg.response_idle_timeout)
     if trailers:

@@ -51,6 +51,7 @@ from .outlier import StreamOutcome, outcome_of
 from .proxy_common import (
     MAX_ATTEMPTS,
     ClientGone,
+    Finished,
     ProxyContext,
     bad_request,
     block_for,
@@ -82,6 +83,9 @@ class _Outcome:
     tunnel_id: str = "-"
     # The tunnel failed the accepted session (reset, lost): reported to passive health.
     failure: StreamOutcome | None = None
+    service: str = "-"  # these three for the admin listener's observer
+    instance: str = "-"
+    accepted_at: float = 0.0
 
 
 class _User:
@@ -207,6 +211,23 @@ async def forward_websocket(ctx: ProxyContext, exchange: Exchange) -> None:
         except ClientGoneError:
             pass
     finally:
+        if ctx.observer is not None:
+            ctx.observer.finished(
+                Finished(
+                    request=request,
+                    kind="websocket",
+                    service=outcome.service,
+                    tunnel_id=outcome.tunnel_id,
+                    instance=outcome.instance,
+                    status=outcome.status,
+                    started=started,
+                    headers_at=outcome.accepted_at,
+                    ended=time.monotonic(),
+                    bytes_in=outcome.received,
+                    bytes_out=outcome.sent,
+                    response_headers=[],
+                )
+            )
         if ctx.config.access_log:
             log.info(
                 "%s WEBSOCKET %s %s %d %d/%d close=%s %.1fms tunnel=%s",
@@ -251,16 +272,22 @@ async def _forward(
     ctx: ProxyContext, user: _User, host: str, path: bytes, outcome: _Outcome
 ) -> None:
     route = ctx.route(host, path)
+    outcome.service = route.service
     prefix = route.prefix
     headers = _tunnel_request(ctx, user.request, host)
     tried: set[str] = set()
     for attempt in range(MAX_ATTEMPTS):
         tunnel = await ctx.registry.acquire(route, exclude=tried)
         outcome.tunnel_id = tunnel.tunnel_id
+        outcome.instance = tunnel.registration.instance or "-"
         try:
             with released(ctx.registry, tunnel) as slot:
                 block = block_for(tunnel, headers, prefix)
-                await _session(ctx.config, tunnel, block, user, outcome)
+                ctx.websockets += 1
+                try:
+                    await _session(ctx.config, tunnel, block, user, outcome)
+                finally:
+                    ctx.websockets -= 1
                 slot.failure = outcome.failure
             return
         except StreamReset as exc:
@@ -297,6 +324,7 @@ async def _converse(cfg: RouterConfig, stream: Stream, user: _User, outcome: _Ou
     subprotocol, extra = _accept_fields(fields, user.request)
     await user.accept(subprotocol, extra)
     outcome.status = 101
+    outcome.accepted_at = time.monotonic()
     try:
         await _Pump(stream, user, outcome).run()
     finally:

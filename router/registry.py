@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -114,6 +115,9 @@ class Registry:
         self._tunnels: dict[str, RouterTunnel] = {}
         self._slot_freed = trio.Event()
         self._rng = rng or random.Random()
+        self.queued = 0  # requests waiting in acquire() for a free slot
+        # Called with ("added" | "removed", tunnel): the admin listener's counts and events.
+        self.watchers: list[Callable[[str, RouterTunnel], None]] = []
 
     # -- registration ------------------------------------------------------------------------
 
@@ -143,6 +147,8 @@ class Registry:
         self._tunnels[tunnel.tunnel_id] = tunnel
         self._services.setdefault(reg.service, []).append(tunnel)
         self._wake()
+        for watcher in self.watchers:
+            watcher("added", tunnel)
 
     def remove(self, tunnel: RouterTunnel, *, keep_claims: bool = True) -> None:
         if self._tunnels.pop(tunnel.tunnel_id, None) is None:
@@ -154,6 +160,8 @@ class Registry:
         if not pool:
             self._services.pop(tunnel.service, None)
         self._wake()
+        for watcher in self.watchers:
+            watcher("removed", tunnel)
 
     def tunnels(self) -> list[RouterTunnel]:
         return list(self._tunnels.values())
@@ -180,7 +188,11 @@ class Registry:
                 chosen = self.try_acquire(route, exclude=exclude)
                 if chosen is not None:
                     return chosen
-                await self._slot_freed.wait()
+                self.queued += 1
+                try:
+                    await self._slot_freed.wait()
+                finally:
+                    self.queued -= 1
         raise NoTunnel(f"every tunnel of service {route.service!r} is busy")
 
     def try_acquire(self, route: Route, *, exclude: set[str] | None = None) -> RouterTunnel | None:

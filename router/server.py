@@ -13,6 +13,7 @@ from anyio.streams.stapled import MultiListener
 from ptth.proto.address import format_address, parse_address
 
 from . import worker_process
+from .admin import admin_for
 from .config import RouterConfig
 from .frontend import FrontEnd, FrontLimits, TLSFiles
 from .frontend.exchange import Exchange
@@ -37,6 +38,14 @@ class RouterAddresses:
     http: tuple[str, int]
     tunnel: tuple[str, int] | None  # None: no separate tunnel port (``--tunnel none``)
     tls: bool = False
+    admin: tuple[str, int] | None = None  # the admin listener; None: off or could not bind
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener's base URL (LookupError when there is none)."""
+        if self.admin is None:
+            raise LookupError("this router has no admin listener (--admin none)")
+        return "http://" + format_address(*self.admin)
 
     @property
     def http_url(self) -> str:
@@ -99,6 +108,7 @@ class Router:
         self._tunnel_path = config.tunnel_path.encode("ascii")
         self._ws_path = config.ws_path.encode("ascii")
         self._shutdown = trio.Event()
+        self.admin = admin_for(self)  # ConfigError when --admin names a public port
 
     async def handle(self, exchange: Exchange) -> None:
         """Every user request: a WebSocket tunnel (ARCHITECTURE.md, "Transports"), or a
@@ -193,10 +203,12 @@ class Router:
             nursery.start_soon(run_tunnel_port)
             nursery.start_soon(run_front)
             nursery.start_soon(self.httpsock.serve)
+            admin_bound = None if self.admin is None else await nursery.start(self.admin.serve)
             addresses = RouterAddresses(
                 http=(str(front_bound[0]), int(front_bound[1])),
                 tunnel=tunnel_bound,
                 tls=self.front.tls is not None,
+                admin=admin_bound,
             )
             # The first line's shape is what scripts (and tests) read the ports from.
             if tunnel_bound is not None:
@@ -213,6 +225,8 @@ class Router:
                     format_address(*addresses.http),
                     self.config.ws_path,
                 )
+            if self.admin is not None:
+                self.admin.started(addresses)
             task_status.started(addresses)
             await self._shutdown.wait()
             log.info("shutting down: draining requests and tunnels")
@@ -231,4 +245,6 @@ class Router:
             connections.cancel()
             tunnel_scope.cancel()
             self.httpsock.stop()
+            if self.admin is not None:
+                self.admin.stop()
             log.info("router stopped")

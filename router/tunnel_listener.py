@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import secrets
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -91,6 +92,8 @@ class TunnelListener:
         self.authorizer = self._authorizer()
         self._revoked: dict[str, anyio.Event] = {}
         self._cap_refusals = 0
+        # Refusals sent, by status (the admin listener's ptth_handshake_refusals_total).
+        self.refusals: Counter[int] = Counter()
         self._cap_logged_at = -math.inf
         # Pending handshakes by admission ticket, so that an evicted one can be stopped.
         self._pending_scopes: dict[int, anyio.CancelScope] = {}
@@ -403,6 +406,7 @@ class TunnelListener:
         closes too: closing with unread bytes makes the kernel send a RST, which can destroy
         the refusal before the peer has read it (RFC 9112, section 9.6, on closing).
         """
+        self.refusals[int(response[9:12])] += 1  # "HTTP/1.1 NNN ..."
         with anyio.move_on_after(REFUSAL_WRITE_TIMEOUT + REFUSAL_LINGER):
             try:
                 with anyio.fail_after(REFUSAL_WRITE_TIMEOUT):

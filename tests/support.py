@@ -63,7 +63,12 @@ class RunningRouter:
 
 async def start_router(nursery: trio.Nursery, **overrides: Any) -> RunningRouter:
     """A router on 127.0.0.1:0 (both ports); ``overrides`` are RouterConfig fields."""
-    fields: dict[str, Any] = {"http": "127.0.0.1:0", "tunnel": "127.0.0.1:0", "access_log": False}
+    fields: dict[str, Any] = {
+        "http": "127.0.0.1:0",
+        "tunnel": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        "access_log": False,
+    }
     fields.update(overrides)
     config = dataclasses.replace(RouterConfig(), **fields)
     router = Router(config)

@@ -1,0 +1,386 @@
+"""The admin listener against a real router and a real backend: /metrics values after real
+requests, /healthz, /readyz while draining, /api/status, the inspector's masking, the
+server-sent events, and that none of it is on the public port."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+import ptth
+from ptth.errors import ConfigError
+from ptth.types import Receive, Scope, Send
+from router.admin import admin_address
+from router.config import load_config
+from tests.support import RunningRouter, make_hello_app, read_body, serve_lifespan, start_router
+
+SECRET = "s3cr3t-value"
+
+
+def options(instance: str) -> ptth.BackendOptions:
+    return ptth.BackendOptions(instance=instance, liveness=ptth.Liveness(interval=0.2))
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a /metrics page by (name, labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name, frozenset(sample.labels.items())] = sample.value
+    return out
+
+
+def value(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(router: RunningRouter) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with httpx.AsyncClient(base_url=router.addresses.admin_url) as admin:
+        response = await admin.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return samples(response.text)
+
+
+@pytest.mark.timeout(30)
+async def test_metrics_count_real_requests_tunnels_and_reconnects() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        backend = await ptth_backend(nursery, router, "alpha")
+        async with httpx.AsyncClient(base_url=router.url) as client:
+            for _ in range(3):
+                assert (await client.get("/a")).text == "bar"
+            assert (await client.post("/echo", content=b"x" * 1000)).text == "x" * 1000
+        found = await scrape(router)
+        requests = "ptth_requests_total"
+        assert value(found, requests, service="default", code="2xx", method="GET") == 3
+        assert value(found, requests, service="default", code="2xx", method="POST") == 1
+        assert value(found, "ptth_request_bytes_total", service="default") == 1000
+        assert value(found, "ptth_response_bytes_total", service="default") == 3 * 3 + 1000
+        assert value(found, "ptth_request_duration_seconds_count", service="default") == 4
+        assert value(found, "ptth_request_headers_seconds_count", service="default") == 4
+        assert (
+            value(found, "ptth_request_duration_seconds_bucket", service="default", le="+Inf") == 4
+        )
+        assert 0 < value(found, "ptth_request_duration_seconds_sum", service="default") < 4
+        assert value(found, "ptth_tunnels", service="default", state="ready") == 1
+        assert value(found, "ptth_tunnels_registered_total", service="default") == 1
+        assert value(found, "ptth_requests_in_flight") == 0
+        assert value(found, "ptth_requests_queued") == 0
+        assert value(found, "ptth_tunnel_reconnects_total", service="default") == 0
+        # The backend pings every 0.2 s of silence, the router answers, and the router's own
+        # PINGs (ping_interval) give the RTT.
+        tunnel = router.router.registry.tunnels()[0]
+        await backend.stop()
+        with trio.fail_after(5):
+            while router.tunnel_count():
+                await trio.sleep(0.01)
+        found = await scrape(router)
+        assert value(found, "ptth_tunnels", service="default", state="ready") == 0
+        assert value(found, "ptth_tunnels_lost_total", service="default") == 1
+        # The same instance back: a reconnect.
+        await ptth_backend(nursery, router, "alpha")
+        found = await scrape(router)
+        assert value(found, "ptth_tunnel_reconnects_total", service="default") == 1
+        assert value(found, "ptth_tunnels_registered_total", service="default") == 2
+        assert tunnel.tunnel_id not in {t.tunnel_id for t in router.router.registry.tunnels()}
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_tunnel_rtt_from_pings_and_handshake_refusals() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, ping_interval=0.1)
+        await ptth_backend(nursery, router, "alpha")
+        tunnel = router.router.registry.tunnels()[0]
+        with trio.fail_after(5):
+            while tunnel.connection.rtt is None:
+                await trio.sleep(0.05)
+        found = await scrape(router)
+        rtt = value(
+            found,
+            "ptth_tunnel_rtt_seconds",
+            service="default",
+            instance="alpha",
+            tunnel=tunnel.tunnel_id,
+        )
+        assert 0 < rtt < 1
+        # A handshake without an upgrade is refused (426): counted with its reason.
+        host, port = router.addresses.tunnel or ("", 0)
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(
+                b"POST /.well-known/ptth HTTP/1.1\r\nHost: r\r\nContent-Length: 0\r\n\r\n"
+            )
+            with trio.fail_after(5):
+                answer = await stream.receive_some(100)
+        status = answer.split()[1].decode()
+        found = await scrape(router)
+        refused = {
+            labels: v
+            for (name, labels), v in found.items()
+            if name == "ptth_handshake_refusals_total"
+        }
+        assert len(refused) == 1
+        [(labels, count)] = refused.items()
+        assert dict(labels)["status"] == status and count == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_status_json_lists_services_tunnels_and_rates() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, ping_interval=0.1)
+        await ptth_backend(nursery, router, "alpha")
+        async with httpx.AsyncClient(base_url=router.url) as client:
+            for _ in range(5):
+                await client.get("/x")
+        await trio.sleep(1.2)  # one rate sample after the requests
+        async with httpx.AsyncClient(base_url=router.addresses.admin_url) as admin:
+            status = (await admin.get("/api/status")).json()
+        assert status["router"]["ready"] is True
+        assert status["router"]["front_end"] == router.url
+        [service] = status["services"]
+        assert service["name"] == "default"
+        assert service["requests_total"] == 5 and service["errors_total"] == 0
+        assert service["requests_per_second"] > 0
+        [tunnel] = service["tunnels"]
+        assert tunnel["instance"] == "alpha"
+        assert tunnel["address"].startswith("127.0.0.1")
+        assert tunnel["age"] > 1
+        assert tunnel["in_flight"] == 0
+        assert tunnel["weight"] == 1.0
+        assert tunnel["draining"] is False
+        assert tunnel["rtt_ms"] is not None and tunnel["rtt_ms"] >= 0
+        nursery.cancel_scope.cancel()
+
+
+async def secret_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await serve_lifespan(receive, send)
+        return
+    await read_body(receive)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 201,
+            "headers": [(b"set-cookie", f"sid={SECRET}".encode()), (b"x-kept", b"visible")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"the response"})
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("bodies", [False, True])
+async def test_inspector_masks_secrets_and_keeps_bodies_only_when_asked(bodies: bool) -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, inspect_bodies=bodies)
+        nursery.start_soon(
+            lambda: ptth.serve(secret_app, router.tunnel, options=options("secretive"))
+        )
+        await router.wait_tunnels(1)
+        async with httpx.AsyncClient(base_url=router.addresses.admin_url) as admin:
+            async with admin.stream("GET", "/api/events") as events:
+                lines = events.aiter_lines()
+                assert await next_event(lines) == "status"
+                async with httpx.AsyncClient(base_url=router.url) as client:
+                    response = await client.post(
+                        f"/login?user=ann&token={SECRET}",
+                        content=b"form",
+                        headers={
+                            "authorization": f"Bearer {SECRET}",
+                            "cookie": f"a={SECRET}",
+                            "proxy-authorization": f"Basic {SECRET}",
+                        },
+                    )
+                assert response.status_code == 201
+                pushed = ""
+                with trio.fail_after(5):
+                    while not pushed:
+                        if await next_event(lines) == "request":
+                            pushed = last_data
+            listed = (await admin.get("/api/requests")).text
+            page = (await admin.get("/")).text + (await admin.get("/page.js")).text
+        for text in (pushed, listed, page):
+            assert SECRET not in text
+        [item] = json.loads(listed)["requests"]
+        assert json.loads(pushed) == item
+        assert item["method"] == "POST" and item["status"] == 201
+        assert item["path"] == "/login?user=ann&token=(masked)"
+        assert item["instance"] == "secretive" and item["service"] == "default"
+        assert item["bytes_in"] == 4
+        request_headers = dict(item["request_headers"])
+        for name in ("authorization", "cookie", "proxy-authorization"):
+            assert request_headers[name] == "(masked)"
+        response_headers = dict(item["response_headers"])
+        assert response_headers["set-cookie"] == "(masked)"
+        assert response_headers["x-kept"] == "visible"
+        if bodies:
+            assert item["request_body"] == "form"
+            assert item["response_body"] == "the response"
+        else:
+            assert item["request_body"] is None and item["response_body"] is None
+        nursery.cancel_scope.cancel()
+
+
+last_data = ""
+
+
+async def next_event(lines: AsyncIterator[str]) -> str:
+    """The next server-sent event's name; its data goes to ``last_data``."""
+    global last_data
+    name = ""
+    async for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            last_data = line[6:]
+        elif not line and name:
+            return name
+    raise AssertionError("the event stream ended")
+
+
+@pytest.mark.timeout(30)
+async def test_healthz_and_readyz_503_while_draining() -> None:
+    release = trio.Event()
+    entered = trio.Event()
+
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        entered.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, drain_timeout=10)
+        nursery.start_soon(lambda: ptth.serve(slow_app, router.tunnel, options=options("slow")))
+        await router.wait_tunnels(1)
+        async with httpx.AsyncClient(base_url=router.addresses.admin_url) as admin:
+            assert (await admin.get("/healthz")).status_code == 200
+            ready = await admin.get("/readyz")
+            assert (ready.status_code, ready.text) == (200, "ready\n")
+            async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+                answers: list[str] = []
+
+                async def call() -> None:
+                    answers.append((await client.get("/slow")).text)
+
+                nursery.start_soon(call)
+                await entered.wait()
+                router.router.shutdown()
+                with trio.fail_after(5):
+                    while (await admin.get("/readyz")).status_code != 503:
+                        await trio.sleep(0.01)
+                assert (await admin.get("/readyz")).text == "draining\n"
+                assert (await admin.get("/healthz")).status_code == 200
+                status = (await admin.get("/api/status")).json()
+                assert status["router"]["draining"] is True
+                assert status["router"]["in_flight"] == 1
+                release.set()
+                with trio.fail_after(5):
+                    while not answers:
+                        await trio.sleep(0.01)
+                assert answers == ["late"]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_admin_is_not_on_the_public_port() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        await ptth_backend(nursery, router, "alpha")
+        assert router.addresses.admin is not None
+        assert router.addresses.admin[1] not in (
+            router.addresses.http[1],
+            router.addresses.tunnel[1],
+        )  # type: ignore[index]
+        async with httpx.AsyncClient(base_url=router.url) as client:
+            for path in ("/metrics", "/api/status", "/healthz", "/readyz", "/api/events"):
+                response = await client.get(path)
+                # The app answers: the router's admin paths are the backend's paths here.
+                assert (response.status_code, response.text) == (200, "bar"), path
+        nursery.cancel_scope.cancel()
+
+
+def test_admin_on_a_public_port_is_refused() -> None:
+    # What Router() calls first thing for --admin (a Router built and dropped here would leave
+    # its httpsock queue unclosed).
+    with pytest.raises(ConfigError, match="public port"):
+        admin_address("127.0.0.1:9999", ["127.0.0.1:9999", "127.0.0.1:9998"])
+    with pytest.raises(ConfigError, match="public port"):
+        admin_address("127.0.0.1:9998", ["127.0.0.1:9999", "0.0.0.0:9998"])
+    assert admin_address("127.0.0.1:0", ["127.0.0.1:0", "127.0.0.1:0"]) == ("127.0.0.1", 0)
+    assert admin_address("[::1]:8889", ["127.0.0.1:8888", "none"]) == ("::1", 8889)
+    assert admin_address("none", ["127.0.0.1:8888"]) is None
+
+
+@pytest.mark.timeout(20)
+async def test_admin_none_turns_it_off() -> None:
+    config = load_config(["--admin", "none"], environ={})
+    assert config.admin == "none"
+    assert load_config([], environ={}).admin == "127.0.0.1:8889"
+    assert load_config([], environ={"PTTH_ADMIN": "127.0.0.1:0"}).admin == "127.0.0.1:0"
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, admin="none")
+        assert router.addresses.admin is None
+        assert router.router.admin is None
+        assert router.router.context.observer is None  # nothing is counted at all
+        with pytest.raises(LookupError):
+            _ = router.addresses.admin_url
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(20)
+async def test_an_admin_port_in_use_leaves_the_router_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            router = await start_router(nursery, admin=f"127.0.0.1:{port}")
+            assert router.addresses.admin is None
+            assert "admin listener: cannot listen" in caplog.text
+            await ptth_backend(nursery, router, "alpha")
+            async with httpx.AsyncClient(base_url=router.url) as client:
+                assert (await client.get("/")).text == "bar"
+            nursery.cancel_scope.cancel()
+
+
+async def ptth_backend(nursery: trio.Nursery, router: RunningRouter, instance: str) -> Backend:
+    before = router.tunnel_count()
+    backend = Backend()
+    nursery.start_soon(backend.run, router, instance)
+    await router.wait_tunnels(before + 1)
+    return backend
+
+
+class Backend:
+    """``ptth.serve`` of the hello app that a test can stop (it drains)."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    async def run(self, router: RunningRouter, instance: str) -> None:
+        try:
+            with self.scope:
+                await ptth.serve(make_hello_app(instance), router.tunnel, options=options(instance))
+        finally:
+            self.done.set()
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        await self.done.wait()
