@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import secrets
 import ssl
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from ..errors import ConfigError, ForwardProxyError, HandshakeRefused, TunnelTLSError
+from ..errors import ConfigError, ForwardProxyError, HandshakeRefused, PTTHError, TunnelTLSError
 from . import protocol as p
 from ._tasks import Pump
 from .protocol import ClientSession, GetRequest, Limits
@@ -349,12 +350,7 @@ async def dial(
                 url, params=_bust(), headers=extra, extensions=extensions
             )
         if response.status_code != 201:
-            retry_after = response.headers.get("retry-after")
-            raise HandshakeRefused(
-                response.status_code,
-                response.text.strip()[:200] or response.reason_phrase,
-                float(retry_after) if retry_after and retry_after.isdigit() else None,
-            )
+            raise _refusal(response, _proxy_in_use(url, proxy, trust_env))
         token = response.headers.get(p.SESSION, "").strip()
         if not token or not token.replace("-", "").replace("_", "").isalnum():
             raise HandshakeRefused(502, "no session token in the server's 201 answer")
@@ -406,6 +402,59 @@ def _adopt(limits: Limits, headers: Mapping[str, str]) -> Limits:
         )
     except ValueError:  # nonsense from the server (idle not above poll): keep ours
         return limits
+
+
+def _proxy_in_use(url: str, proxy: str | httpx.Proxy | None, trust_env: bool) -> str | None:
+    """The forward proxy the session's POST went through, credentials hidden, or None."""
+    if proxy is None and trust_env:
+        scheme = "https" if url.lower().startswith("https:") else "http"
+        proxy = next(
+            (
+                os.environ[name]
+                for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY")
+                if os.environ.get(name)
+            ),
+            None,
+        )
+    if proxy is None:
+        return None
+    try:
+        parsed = proxy.url if isinstance(proxy, httpx.Proxy) else httpx.URL(proxy)
+    except httpx.InvalidURL:
+        return "the proxy"
+    userinfo = "***@" if parsed.userinfo else ""
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"proxy {parsed.scheme}://{userinfo}{parsed.host}{port}"
+
+
+def _refusal(response: httpx.Response, proxy: str | None) -> PTTHError:
+    """What a non-201 answer to the session's POST means. The httpsock server marks its own
+    answers (``Cache-Control: no-store``); another answer through a proxy is the proxy's
+    (tinyproxy answers a bad password with 401), named without its page, which may echo what
+    was sent."""
+    status = response.status_code
+    ours = response.headers.get("cache-control") == "no-store" and status != 407
+    if proxy is not None and not ours:
+        said = f"{proxy} answered the session's POST with {status} {response.reason_phrase}"
+        if status in (401, 407):  # RFC 9110 §15.5.8
+            hint = "proxy authentication required (check the user and password in its URL)"
+        elif status == 403:
+            hint = "the proxy forbids this destination"
+        elif status in (502, 503, 504):
+            hint = "the proxy could not reach the server"
+        else:
+            hint = "the proxy refused the request"
+        return ForwardProxyError(f"{said}: {hint}", proxy_status=status)
+    retry_after = response.headers.get("retry-after")
+    if ours:
+        reason = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+    else:
+        reason = f"not an httpsock server? ({response.reason_phrase})"
+    return HandshakeRefused(
+        status,
+        reason or response.reason_phrase,
+        float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
 
 
 def _tls_failure(exc: BaseException) -> str | None:

@@ -348,17 +348,7 @@ async def test_agent_mode_through_proxy(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "scheme",
-    [
-        pytest.param(
-            "http",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ptth/httpsock/_client.py reads tinyproxy's 401 on the session POST as "
-                "the router's 401 (fatal, 'check --token') and logs the proxy's HTML page",
-            ),
-        ),
-        "ws",
-    ],
+    ["http", "ws"],
 )
 async def test_wrong_password_never_logged_on_other_transports(
     tmp_path: Path, scheme: str, caplog: pytest.LogCaptureFixture

@@ -21,9 +21,9 @@ import pytest
 import trustme
 from anyio.streams.tls import TLSStream
 
-from ptth.errors import HandshakeRefused
+from ptth.errors import ForwardProxyError, HandshakeRefused
 from ptth.httpsock import Limits, Listener, ServerStream, dial
-from tests.support import free_port
+from tests.support import free_port, serve_lifespan
 
 SERVERS = [("uvicorn", "asyncio"), ("hypercorn", "asyncio"), ("hypercorn", "trio")]
 FAST = Limits(poll_timeout=1.0, idle_timeout=3.0)
@@ -506,3 +506,33 @@ def test_a_pump_that_dies_says_so(loop: str) -> None:
         assert not waiting.running and waiting.error is None and len(seen) == 1
 
     anyio.run(main, backend=loop)
+
+
+def test_dial_names_what_refused_it() -> None:
+    """A server that is not httpsock (its 404 lacks the listener's no-store mark) is named as
+    such; an answer in that shape through a proxy is the proxy's (ForwardProxyError)."""
+
+    async def main() -> None:
+        async def not_httpsock(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                await serve_lifespan(receive, send)
+                return
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"<html>secret page</html>"})
+
+        with anyio.fail_after(20):
+            async with serving("hypercorn", "trio", not_httpsock) as url:  # type: ignore[arg-type]
+                with pytest.raises(HandshakeRefused) as refused:
+                    await dial(url, trust_env=False)
+                assert refused.value.status == 401
+                assert "not an httpsock server" in refused.value.reason
+                assert "secret page" not in str(refused.value)
+                # The same answer from something given as the proxy: the proxy refused.
+                port = url.split(":")[2].split("/")[0]
+                with pytest.raises(ForwardProxyError) as by_proxy:
+                    await dial("http://192.0.2.1:9/", proxy=f"http://u:pw@127.0.0.1:{port}")
+                assert by_proxy.value.proxy_status == 401
+                message = str(by_proxy.value)
+                assert "proxy authentication required" in message and "pw" not in message
+
+    anyio.run(main, backend="trio")
