@@ -207,10 +207,23 @@ class Listener:
         # A session's waiters, while its stream exists: a stream the application dropped
         # takes its session with it (the client's next request gets 404, a reset).
         self._lives: weakref.WeakValueDictionary[str, _Live] = weakref.WeakValueDictionary()
-        self._queue_in: MemoryObjectSendStream[ServerStream]
-        self._queue_out: MemoryObjectReceiveStream[ServerStream]
-        self._queue_in, self._queue_out = anyio.create_memory_object_stream[ServerStream](backlog)
+        self._backlog = backlog
+        self._queues: (
+            tuple[MemoryObjectSendStream[ServerStream], MemoryObjectReceiveStream[ServerStream]]
+            | None
+        ) = None
         self._closed = False
+
+    def _queue(
+        self,
+    ) -> tuple[MemoryObjectSendStream[ServerStream], MemoryObjectReceiveStream[ServerStream]]:
+        """The accept queue, made on first use: a listener built and never used (a router
+        that never served) leaves no unclosed stream behind."""
+        if self._queues is None:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            self._queues = anyio.create_memory_object_stream[ServerStream](self._backlog)
+        return self._queues
 
     async def __aenter__(self) -> Listener:
         return self
@@ -226,8 +239,9 @@ class Listener:
     async def aclose(self) -> None:
         """Refuse new sessions and reset the live ones."""
         self._closed = True
-        self._queue_in.close()
-        self._queue_out.close()
+        if self._queues is not None:
+            self._queues[0].close()
+            self._queues[1].close()
         for live in list(self._lives.values()):
             live.session.reset()
             live.notify()
@@ -237,7 +251,7 @@ class Listener:
     async def accept(self) -> ServerStream:
         """The next session's stream; ``ClosedResourceError`` once the listener is closed."""
         try:
-            return await self._queue_out.receive()
+            return await self._queue()[1].receive()
         except anyio.EndOfStream:
             raise anyio.ClosedResourceError from None
 
@@ -331,7 +345,7 @@ class Listener:
         live = _Live(session, request.client)
         stream = ServerStream(live, self.table)
         try:
-            self._queue_in.send_nowait(stream)
+            self._queue()[0].send_nowait(stream)
         except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self.table.forget(session)
             return _text(503, "too many sessions waiting to be accepted", ("retry-after", "1"))

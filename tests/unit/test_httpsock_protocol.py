@@ -395,3 +395,17 @@ def test_a_closed_session_nobody_fetches_expires_after_a_poll() -> None:
     assert not session.expired(5.0)
     session.app_close()
     assert session.expired(1.5) and session.deadline() == 1.0
+
+
+def test_a_listener_never_used_leaves_nothing_unclosed() -> None:
+    """A router built and dropped without serving (config checks, tests) makes no stream."""
+    import gc
+    import warnings
+
+    from ptth.httpsock import Listener
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        listener = Listener()
+        del listener
+        gc.collect()
