@@ -91,6 +91,8 @@ class Cluster:
             "false",
             "--drain-timeout",
             "5",
+            "--admin",
+            "none",  # three routers on one machine: no shared default admin port
         )
         await member.proc.wait_for(re.compile(rb"front end on"))
         slot.member = member

@@ -142,7 +142,7 @@ async def test_rolling_restart_of_every_router_behind_haproxy_under_load(
                 member = await cluster.start_router(slot)
                 await member.wait_count(REGISTERED_ROUTER, len(cluster.backends))
                 await wait_serving(slot.url, n=5)
-                await trio.sleep(1)  # HAProxy's "rise 2" at 200 ms checks
+                await trio.sleep(1)  # HAProxy's "rise 2" at 250 ms checks
             await trio.sleep(2)
             result = await load.stop()
         print(result.summary)

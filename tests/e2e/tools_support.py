@@ -86,7 +86,8 @@ def haproxy_config(front_port: int, servers: Sequence[int], *, health_host: str)
     A router is healthy when ``/health`` answers 200 *through it* (so one that is restarting and
     has no tunnel yet gets no traffic); a refused connection (a draining router closed its
     listener), an empty response or a 502/503/504 is retried on another router (``retry-on``,
-    ``option redispatch``); a check every 200 ms marks a dead or draining router down at once.
+    ``option redispatch``); a check every 250 ms marks a dead or draining router down after two
+    failures (a refused connection fails at once), each check allowed 2 s on a busy machine.
     """
     lines = [
         "global",
@@ -97,6 +98,9 @@ def haproxy_config(front_port: int, servers: Sequence[int], *, health_host: str)
         "    timeout client 30s",
         "    timeout server 30s",
         "    timeout queue 5s",
+        # Without it a check times out after `inter`: a router slow for 250 ms on a busy
+        # machine would be marked down, and all three at once means 503 for everyone.
+        "    timeout check 2s",
         "    retries 3",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response response-timeout 502 503 504",
@@ -105,7 +109,7 @@ def haproxy_config(front_port: int, servers: Sequence[int], *, health_host: str)
         "    option httpchk",
         f"    http-check send meth GET uri /health ver HTTP/1.1 hdr Host {health_host}",
         "    http-check expect status 200",
-        "    default-server check inter 200ms fall 1 rise 2",
+        "    default-server check inter 250ms fall 2 rise 2",
         *(f"    server r{i} 127.0.0.1:{port}" for i, port in enumerate(servers)),
         "frontend users",
         f"    bind 127.0.0.1:{front_port}",
