@@ -62,6 +62,8 @@ class Child:
             match = READY.match(line.rstrip("\n"))
             if match:
                 self.ready.put((match[1], match[2]))
+            elif line.startswith("status page on "):
+                say(f"{line.strip()} (live while the demo runs: open it in a browser)")
             else:
                 print(f"[{self.name}] {line}", end="", flush=True)
 
@@ -127,7 +129,7 @@ def main() -> int:
         router = Child(
             "router",
             str(EXAMPLES / "router.py"),
-            *("--http", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", *quiet),
+            *("--http", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", "--admin", "127.0.0.1:0", *quiet),
         )
         children.append(router)
         front, tunnel = wait_ready(router)

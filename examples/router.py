@@ -40,6 +40,8 @@ async def serve(router: Router) -> None:
                 f"ready: front end on {addresses.http_url}, tunnel port on {addresses.tunnel_addr}",
                 flush=True,
             )
+            if addresses.admin is not None:
+                print(f"status page on {addresses.admin_url}", flush=True)
             async for _ in signals:
                 router.shutdown()  # stop accepting, finish in-flight requests, close tunnels
                 break
@@ -51,6 +53,9 @@ def main() -> int:
     parser.add_argument("--http", default="127.0.0.1:8888", help="front end HOST:PORT")
     parser.add_argument("--tunnel", default="127.0.0.1:8887", help="tunnel port HOST:PORT")
     parser.add_argument("--token", default=None, help="bearer token backends must present")
+    parser.add_argument(
+        "--admin", default="127.0.0.1:8889", help="status page and /metrics HOST:PORT, or none"
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     args = parser.parse_args()
 
@@ -60,7 +65,11 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = RouterConfig(
-        http=args.http, tunnel=args.tunnel, token=args.token, log_level=args.log_level
+        http=args.http,
+        tunnel=args.tunnel,
+        token=args.token,
+        log_level=args.log_level,
+        admin=args.admin,
     )
     try:
         trio.run(serve, Router(config))

@@ -8,6 +8,7 @@ the router it watches (the proxies' observer, a registry watcher) and serves wha
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import time
@@ -162,6 +163,8 @@ class Admin:
 
     async def handle(self, request: AdminRequest) -> Reply | Streamed:
         path = request.path
+        if not self._host_allowed(request):
+            return Reply(403, b"this Host is not the admin listener's (DNS rebinding guard)\n")
         if path == "/metrics":
             return Reply(200, self.metrics.render(), METRICS_TYPE)
         if path == "/healthz":
@@ -182,6 +185,26 @@ class Admin:
             name, kind = STATIC[path]
             return Reply(200, resources.files(__package__).joinpath(name).read_bytes(), kind)
         return Reply(404, b"not found: try /, /metrics, /healthz, /readyz, /api/status\n")
+
+    def _host_allowed(self, request: AdminRequest) -> bool:
+        """On loopback, only a Host that cannot be rebound (an IP literal, localhost): else a
+        web page the operator has open could point its own name at 127.0.0.1 and read this
+        listener from the operator's browser (DNS rebinding)."""
+        if self.bound is None or not ipaddress.ip_address(self.bound[0]).is_loopback:
+            return True
+        host = next((v for n, v in request.headers if n == b"host"), b"").decode("latin-1")
+        host = host.lower()
+        if host.startswith("["):
+            host = host[1 : host.find("]")]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
 
     def status(self) -> dict[str, object]:
         now = trio.current_time()

@@ -313,6 +313,25 @@ async def test_admin_is_not_on_the_public_port() -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.timeout(20)
+async def test_a_name_that_could_be_rebound_is_refused_on_loopback() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        port = router.addresses.admin[1]  # type: ignore[index]
+        async with httpx.AsyncClient(base_url=router.addresses.admin_url) as admin:
+            for host, status in (
+                (f"127.0.0.1:{port}", 200),
+                (f"localhost:{port}", 200),
+                ("[::1]", 200),
+                (f"evil.example:{port}", 403),
+                ("evil.example", 403),
+                ("", 403),
+            ):
+                response = await admin.get("/api/status", headers={"host": host})
+                assert response.status_code == status, host
+        nursery.cancel_scope.cancel()
+
+
 def test_admin_on_a_public_port_is_refused() -> None:
     # What Router() calls first thing for --admin (a Router built and dropped here would leave
     # its httpsock queue unclosed).

@@ -26,6 +26,7 @@ def test_demo_runs_router_backends_and_load_test() -> None:
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert re.search(r"^\[demo\] router: front end on http://127\.0\.0\.1:\d+", out, re.M)
+    assert re.search(r"^\[demo\] status page on http://127\.0\.0\.1:\d+ ", out, re.M), out
     assert re.search(r"^errors\s+0$", out, re.M)
     assert re.search(r"^statuses\s+200=200$", out, re.M)
     backends = re.search(r"^backends\s+(.*)$", out, re.M)
