@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 
+import h2.exceptions
 import httpx
 import pytest
 import trio
@@ -18,6 +19,12 @@ from ptth.errors import ConfigError
 from ptth.types import Receive, Scope, Send
 from router.admin import admin_address
 from router.config import load_config
+from tests.e2e.test_faults import (
+    fake_backend,
+    fake_tunnels,
+    router_with_real_backend,
+    wait_until,
+)
 from tests.support import RunningRouter, make_hello_app, read_body, serve_lifespan, start_router
 
 SECRET = "s3cr3t-value"
@@ -403,3 +410,25 @@ class Backend:
     async def stop(self) -> None:
         self.scope.cancel()
         await self.done.wait()
+
+
+@pytest.mark.timeout(20)
+async def test_a_flood_that_closes_a_tunnel_is_counted() -> None:
+    async with router_with_real_backend() as router:
+        async with fake_backend(router) as fake:
+            try:
+                for i in range(5000):
+                    fake.conn.ping(i.to_bytes(8, "big"))
+                await fake.flush()
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                h2.exceptions.ProtocolError,
+            ):
+                pass  # the router closed before the flood was over
+            assert await fake.wait_closed(3) < 3
+        await wait_until(lambda: fake_tunnels(router) == 0, timeout=2)
+        found = await scrape(router)
+        assert value(found, "ptth_flood_guard_trips_total", kind="PING/SETTINGS flood") == 1
+        assert value(found, "ptth_tunnels_lost_total", service="fake") == 1
+        assert value(found, "ptth_tunnels", service="default", state="ready") == 1
