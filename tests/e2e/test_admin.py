@@ -25,7 +25,14 @@ from tests.e2e.test_faults import (
     router_with_real_backend,
     wait_until,
 )
-from tests.support import RunningRouter, make_hello_app, read_body, serve_lifespan, start_router
+from tests.support import (
+    RunningRouter,
+    make_hello_app,
+    read_body,
+    require_module,
+    serve_lifespan,
+    start_router,
+)
 
 SECRET = "s3cr3t-value"
 
@@ -432,3 +439,51 @@ async def test_a_flood_that_closes_a_tunnel_is_counted() -> None:
         assert value(found, "ptth_flood_guard_trips_total", kind="PING/SETTINGS flood") == 1
         assert value(found, "ptth_tunnels_lost_total", service="fake") == 1
         assert value(found, "ptth_tunnels", service="default", state="ready") == 1
+
+
+@pytest.mark.timeout(30)
+async def test_websocket_sessions_open_and_finished() -> None:
+    require_module("websockets", "a WebSocket client")
+    from websockets.sync.client import connect
+
+    from tests.e2e.apps_websocket import make_app
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        nursery.start_soon(lambda: ptth.serve(make_app("ws"), router.tunnel, options=options("ws")))
+        await router.wait_tunnels(1)
+        url = router.url.replace("http://", "ws://", 1) + "/echo"
+        ws = await trio.to_thread.run_sync(
+            lambda: connect(url, proxy=None, open_timeout=10).__enter__()  # managed, not legacy
+        )
+        try:
+            await trio.to_thread.run_sync(lambda: ws.send("hello"))
+            assert await trio.to_thread.run_sync(lambda: ws.recv(timeout=5)) == "hello"
+            found = await scrape(router)
+            assert value(found, "ptth_websocket_sessions_open") == 1
+            assert value(found, "ptth_requests_in_flight") == 1
+        finally:
+            await trio.to_thread.run_sync(ws.close)
+        with trio.fail_after(5):
+            while value(found := await scrape(router), "ptth_websocket_sessions_open"):
+                await trio.sleep(0.02)
+        assert value(found, "ptth_websocket_sessions_total", service="default", code="1xx") == 1
+        assert value(found, "ptth_request_bytes_total", service="default") == 5
+        assert value(found, "ptth_response_bytes_total", service="default") == 5
+        assert value(found, "ptth_requests_total", service="default", code="1xx", method="GET") == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_two_routers_in_one_process_keep_separate_numbers() -> None:
+    async with trio.open_nursery() as nursery:
+        first, second = await start_router(nursery), await start_router(nursery)
+        await ptth_backend(nursery, first, "one")
+        await ptth_backend(nursery, second, "two")
+        async with httpx.AsyncClient(base_url=first.url) as client:
+            for _ in range(3):
+                await client.get("/")
+        get = {"service": "default", "code": "2xx", "method": "GET"}
+        assert value(await scrape(first), "ptth_requests_total", **get) == 3
+        assert value(await scrape(second), "ptth_requests_total", **get) == 0
+        nursery.cancel_scope.cancel()
