@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from ._loop import LOOPS
 from ._upstream_url import parse_upstream_url
 from .allocator import tune_allocator
 from .errors import ConfigError, PTTHError
+from .logs import LOG_FORMATS, JSONFormatter, configure
 from .types import ASGIApp
 
 
@@ -177,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         default=os.environ.get("PTTH_LOG_LEVEL", "INFO"),
-        help="logging level (default INFO)",
+        help="logging level (default INFO; env PTTH_LOG_LEVEL)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("PTTH_LOG_FORMAT", "human"),
+        help="log line format: human, or json (one object per line; env PTTH_LOG_FORMAT)",
     )
     return p
 
@@ -185,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        # httpx would log every request agent mode forwards at INFO: quiet below DEBUG.
+        handler = configure(args.log_level, args.log_format)
+    except ValueError as exc:
+        print(f"ptth: {exc}", file=sys.stderr)
+        return 2
     routers = args.router or [
         a.strip() for a in os.environ.get("PTTH_ROUTER", "127.0.0.1:8887").split(",") if a.strip()
     ]
@@ -218,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.instance:
             fields["instance"] = args.instance
         options = BackendOptions(**fields)
+        if isinstance(handler.formatter, JSONFormatter):  # every line names this helper
+            handler.formatter.static["instance"] = options.instance
         if args.to is not None:
             url = str(parse_upstream_url(args.to))  # a bad URL fails before any dialling
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import trio
 
+from ptth import logs
 from ptth.allocator import tune_allocator
 from ptth.errors import PTTHError
 from ptth.proto.handshake import WorkerInfo
@@ -67,10 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"router: {exc}", file=sys.stderr)
         return 2
     prefix = "" if context is None else f"worker {context.index} "
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
-    )
+    try:
+        static = {} if context is None else {"worker": context.index}
+        logs.configure(config.log_level, config.log_format, prefix=prefix, static=static)
+    except ValueError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
     if context is not None:
         worker_process.set_current(context)
     try:

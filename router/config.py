@@ -77,9 +77,12 @@ class RouterConfig:
     rate_burst: float = 20.0
     max_in_flight: int = 10_000  # router-wide; above it new requests get 503 at once
     log_level: str = "INFO"
+    log_format: str = "human"  # or "json": one object per line (ptth/logs.py)
     access_log: bool = True
 
     def __post_init__(self) -> None:
+        if self.log_format not in ("human", "json"):
+            raise ConfigError(f"log_format must be 'human' or 'json', not {self.log_format!r}")
         for name in (
             "response_timeout",
             "queue_timeout",
@@ -226,6 +229,7 @@ _HELP = {
     "rate_burst": "requests a client may burst above the rate limit",
     "max_in_flight": "router-wide cap on requests in flight; above it: 503 without queueing",
     "log_level": "logging level",
+    "log_format": "log line format: human, or json (one object per line)",
     "access_log": "one log line per request (true/false)",
 }
 
