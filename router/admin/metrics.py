@@ -27,6 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ptth.errors import TunnelClosed
+
 from ..proxy_common import Finished
 from ..registry import RouterTunnel
 
@@ -101,7 +103,7 @@ class Metrics:
         self.registered: Counter[str] = Counter()
         self.lost: Counter[str] = Counter()
         self.reconnects: Counter[str] = Counter()
-        self.flood_trips: Counter[str] = Counter()
+        self.flood_trips: Counter[tuple[str, str]] = Counter()  # (side, what tripped)
         # Tunnels out of rotation whose connection still runs (draining), and the instances
         # whose tunnel went recently (a new tunnel of one of them is a reconnect).
         self.leaving: dict[str, RouterTunnel] = {}
@@ -147,15 +149,20 @@ class Metrics:
         if reason is None:
             self.leaving[tunnel.tunnel_id] = tunnel  # draining: still counted until it closes
         else:
-            self._count_flood(reason.error_code, str(reason))
+            self._count_flood("tunnel", reason)
 
-    def _count_flood(self, code: int | None, reason: str) -> None:
-        """A tunnel closed by the engine's budgets (ENHANCE_YOUR_CALM, the reason names the
+    def user_connection_closed(self, reason: TunnelClosed | None) -> None:
+        """The front end's watcher: an HTTP/2 user connection closed (``reason``: why)."""
+        if reason is not None:
+            self._count_flood("user", reason)
+
+    def _count_flood(self, side: str, reason: TunnelClosed) -> None:
+        """A connection closed by the engine's budgets (ENHANCE_YOUR_CALM, the reason names the
         budget) or its frame guard (FRAME_SIZE_ERROR): ARCHITECTURE.md, "Budgets"."""
-        if code == ErrorCodes.ENHANCE_YOUR_CALM:
-            self.flood_trips[reason] += 1
-        elif code == ErrorCodes.FRAME_SIZE_ERROR:
-            self.flood_trips["oversized frame"] += 1
+        if reason.error_code == ErrorCodes.ENHANCE_YOUR_CALM:
+            self.flood_trips[side, str(reason)] += 1
+        elif reason.error_code == ErrorCodes.FRAME_SIZE_ERROR:
+            self.flood_trips[side, "oversized frame"] += 1
 
     def draining_tunnels(self) -> list[RouterTunnel]:
         """Tunnels out of rotation whose connection is still open (closed ones are forgotten)."""
@@ -163,7 +170,7 @@ class Metrics:
             reason = tunnel.connection.close_reason
             if reason is not None:
                 del self.leaving[tunnel_id]
-                self._count_flood(reason.error_code, str(reason))
+                self._count_flood("tunnel", reason)
         return list(self.leaving.values())
 
     def render(self) -> bytes:
@@ -231,11 +238,11 @@ class _Collector(Collector):
         yield refusals
         floods = CounterMetricFamily(
             "ptth_flood_guard_trips",
-            "tunnels closed by a flood budget or the frame guard, by what tripped",
-            labels=["kind"],
+            "connections closed by a flood budget or the frame guard, by side and what tripped",
+            labels=["side", "kind"],
         )
-        for kind, value in m.flood_trips.items():
-            floods.add_metric([kind], value)
+        for (side, kind), value in m.flood_trips.items():
+            floods.add_metric([side, kind], value)
         yield floods
         yield GaugeMetricFamily(
             "ptth_websocket_sessions_open", "WebSocket sessions open now", value=live.websockets()

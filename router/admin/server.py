@@ -96,6 +96,7 @@ class Admin:
         self._scope = trio.CancelScope()
         context.observer = self
         router.registry.watchers.append(self.metrics.tunnel_event)
+        router.front.on_h2_closed = self.metrics.user_connection_closed
 
     # -- the observer (the proxies call it once per request) ---------------------------------
 

@@ -18,7 +18,7 @@ from h2.errors import ErrorCodes
 
 from ptth.driver import Connection, Stream
 from ptth.engine import BudgetLimits, Liveness, Settings
-from ptth.errors import TunnelError
+from ptth.errors import TunnelClosed, TunnelError
 from ptth.proto.fields import Headers
 
 from .exchange import Exchange, UserRequest, offered_subprotocols
@@ -57,6 +57,7 @@ async def serve_h2(
     draining: Callable[[], bool] = lambda: False,
     drain_timeout: float = 30.0,
     upgraded: tuple[UserRequest, bytes] | None = None,
+    closed: Callable[[TunnelClosed | None], None] | None = None,
 ) -> None:
     """Serve HTTP/2 on ``sock`` (its preface may be in ``initial``) until it closes.
 
@@ -143,6 +144,8 @@ async def serve_h2(
         nursery.start_soon(supervise)
         await connection.wait_closed()
         nursery.cancel_scope.cancel()
+    if closed is not None:  # why it closed: the admin listener counts flood-guard trips
+        closed(connection.close_reason)
 
 
 _NOT_IN_H2 = frozenset(

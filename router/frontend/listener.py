@@ -19,6 +19,7 @@ import trio
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ptth.engine import CLIENT_PREFACE
+from ptth.errors import TunnelClosed
 
 from .exchange import Exchange, UserRequest
 from .http1 import H1Connection
@@ -76,6 +77,8 @@ class FrontEnd:
         self._h1: set[H1Connection] = set()
         self._h1_scopes: dict[H1Connection, trio.CancelScope] = {}
         self._idle = trio.Event()
+        # Told why each HTTP/2 user connection closed (the admin listener's flood-guard trips).
+        self.on_h2_closed: Callable[[TunnelClosed | None], None] | None = None
 
     async def handle(self, sock: anyio.abc.ByteStream) -> None:
         """One accepted connection, from the caps to its close."""
@@ -227,6 +230,7 @@ class FrontEnd:
             draining=lambda: self.draining,
             drain_timeout=self.drain_timeout,
             upgraded=upgraded,
+            closed=self.on_h2_closed,
         )
 
     def drain(self) -> None:

@@ -436,7 +436,10 @@ async def test_a_flood_that_closes_a_tunnel_is_counted() -> None:
             assert await fake.wait_closed(3) < 3
         await wait_until(lambda: fake_tunnels(router) == 0, timeout=2)
         found = await scrape(router)
-        assert value(found, "ptth_flood_guard_trips_total", kind="PING/SETTINGS flood") == 1
+        assert (
+            value(found, "ptth_flood_guard_trips_total", side="tunnel", kind="PING/SETTINGS flood")
+            == 1
+        )
         assert value(found, "ptth_tunnels_lost_total", service="fake") == 1
         assert value(found, "ptth_tunnels", service="default", state="ready") == 1
 
@@ -486,4 +489,38 @@ async def test_two_routers_in_one_process_keep_separate_numbers() -> None:
         get = {"service": "default", "code": "2xx", "method": "GET"}
         assert value(await scrape(first), "ptth_requests_total", **get) == 3
         assert value(await scrape(second), "ptth_requests_total", **get) == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(20)
+async def test_a_users_ping_flood_is_counted_on_the_user_side() -> None:
+    from hyperframe.frame import PingFrame, SettingsFrame
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        stream = await trio.open_tcp_stream(*router.addresses.http)
+        async with stream:
+            flood = b"".join(
+                PingFrame(0, opaque_data=i.to_bytes(8, "big")).serialize() for i in range(5000)
+            )
+            preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
+            try:
+                await stream.send_all(preface + flood)
+                with trio.fail_after(5):
+                    while await stream.receive_some(65536):
+                        pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # closed (with a reset) before we read it all: the flood was cut
+        with trio.fail_after(5):
+            while not value(
+                found := await scrape(router),
+                "ptth_flood_guard_trips_total",
+                side="user",
+                kind="PING/SETTINGS flood",
+            ):
+                await trio.sleep(0.02)
+        assert (
+            value(found, "ptth_flood_guard_trips_total", side="tunnel", kind="PING/SETTINGS flood")
+            == 0
+        )
         nursery.cancel_scope.cancel()
