@@ -163,7 +163,7 @@ async def _send(stream: trio.SocketStream, data: bytes | None) -> None:
 async def _bad_request(
     conn: h11.Connection, stream: trio.SocketStream, exc: h11.RemoteProtocolError
 ) -> None:
-    if conn.our_state is not h11.SEND_RESPONSE:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):  # h11's rule after a peer error
         return
     body = f"bad request: {exc}\n".encode()
     headers = [(b"content-length", b"%d" % len(body)), (b"connection", b"close")]

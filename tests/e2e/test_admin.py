@@ -524,3 +524,23 @@ async def test_a_users_ping_flood_is_counted_on_the_user_side() -> None:
             == 0
         )
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(20)
+async def test_the_admin_listener_answers_only_get_and_head() -> None:
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        async with httpx.AsyncClient(base_url=router.addresses.admin_url) as admin:
+            response = await admin.post("/metrics", content=b"x" * 100_000)
+            assert (response.status_code, response.headers["allow"]) == (405, "GET")
+            assert (await admin.get("/nope")).status_code == 404
+            head = await admin.head("/api/status")
+            assert head.status_code == 200 and head.content == b""
+            assert (await admin.get("/healthz")).text == "ok\n"  # the connection was reused
+        stream = await trio.open_tcp_stream(*router.addresses.admin)  # type: ignore[misc]
+        async with stream:
+            await stream.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+            with trio.fail_after(5):
+                answer = await stream.receive_some(1000)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        nursery.cancel_scope.cancel()
