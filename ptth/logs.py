@@ -19,7 +19,15 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-__all__ = ["LOG_FORMATS", "JSONFormatter", "MaskingFormatter", "configure", "mask_secrets"]
+__all__ = [
+    "LOG_FORMATS",
+    "JSONFormatter",
+    "MaskingFormatter",
+    "configure",
+    "drain_summary",
+    "mask_secrets",
+    "tunnel_fields",
+]
 
 LOG_FORMATS = ("human", "json")
 
@@ -147,3 +155,32 @@ def configure(
         for name in CHATTY:
             logging.getLogger(name).setLevel(logging.WARNING)
     return handler
+
+
+def tunnel_fields(
+    tunnel_id: str, instance: str | None, service: str | None = None, event: str | None = None
+) -> dict[str, object]:
+    """The ``extra=`` of a line about one tunnel: every such line names the tunnel and the
+    backend instance behind it; ``event`` names a lifecycle step (registered, draining,
+    closed, ejected, returned)."""
+    fields: dict[str, object] = {"tunnel_id": tunnel_id, "instance": instance or "-"}
+    if service is not None:
+        fields["service"] = service
+    if event is not None:
+        fields["event"] = event
+    return fields
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def drain_summary(
+    websockets: int, requests: int, timeout: float, tunnels: int | None = None
+) -> str:
+    """What a drain waits for, as one phrase: ``draining: 1 WebSocket, 2 requests, up to 30 s``
+    (``tunnels`` is added when given: the router also drains its tunnels)."""
+    parts = [_count(websockets, "WebSocket"), _count(requests, "request")]
+    if tunnels is not None:
+        parts.append(_count(tunnels, "tunnel"))
+    return f"draining: {', '.join(parts)}, up to {timeout:g} s"

@@ -30,6 +30,7 @@ from ptth.groups import unwrap
 from ptth.proto.fields import declared_length
 from ptth.proto.headers import clean_trailers, from_tunnel_response, to_tunnel_request
 
+from . import access_log
 from .config import RouterConfig
 from .frontend.exchange import Exchange, UserRequest
 from .frontend.http1 import ClientGoneError
@@ -107,17 +108,20 @@ async def forward(ctx: ProxyContext, exchange: Exchange) -> None:
     finally:
         if ctx.observer is not None:
             _observe(ctx, request, outcome, started)
-        if ctx.config.access_log:
-            log.info(
-                "%s %s %s %s %d %d %.1fms tunnel=%s",
-                request.client[0],
-                request.method.decode("latin-1"),
-                host or "-",
-                request.target.decode("latin-1"),
-                outcome.status,
-                outcome.sent,
-                (time.monotonic() - started) * 1000,
-                outcome.tunnel_id,
+        if access_log.enabled(ctx.config):
+            access_log.write(
+                kind="http",
+                client=request.client[0],
+                method=request.method.decode("latin-1"),
+                host=host or "-",
+                path=request.target.decode("latin-1"),
+                status=outcome.status,
+                bytes_in=0 if outcome.body is None else outcome.body.total,
+                bytes_out=outcome.sent,
+                duration_ms=(time.monotonic() - started) * 1000,
+                tunnel_id=outcome.tunnel_id,
+                instance=outcome.instance,
+                service=outcome.service,
             )
 
 

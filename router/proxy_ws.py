@@ -44,6 +44,7 @@ from ptth.proto.ws_frames import (
 )
 from ptth.types import Message
 
+from . import access_log
 from .config import RouterConfig
 from .frontend.exchange import Exchange, UserRequest
 from .frontend.http1 import ClientGoneError
@@ -228,18 +229,21 @@ async def forward_websocket(ctx: ProxyContext, exchange: Exchange) -> None:
                     response_headers=[],
                 )
             )
-        if ctx.config.access_log:
-            log.info(
-                "%s WEBSOCKET %s %s %d %d/%d close=%s %.1fms tunnel=%s",
-                request.client[0],
-                host or "-",
-                path.decode("latin-1"),
-                outcome.status,
-                outcome.received,
-                outcome.sent,
-                outcome.close_code if outcome.close_code is not None else "-",
-                (time.monotonic() - started) * 1000,
-                outcome.tunnel_id,
+        if access_log.enabled(ctx.config):
+            access_log.write(
+                kind="websocket",
+                client=request.client[0],
+                method=request.method.decode("latin-1"),
+                host=host or "-",
+                path=path.decode("latin-1"),
+                status=outcome.status,
+                bytes_in=outcome.received,
+                bytes_out=outcome.sent,
+                duration_ms=(time.monotonic() - started) * 1000,
+                tunnel_id=outcome.tunnel_id,
+                instance=outcome.instance,
+                service=outcome.service,
+                close_code=outcome.close_code,
             )
 
 

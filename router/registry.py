@@ -16,6 +16,7 @@ import trio
 
 from ptth.driver import Connection
 from ptth.errors import HandshakeRefused, HeaderError, NoTunnel
+from ptth.logs import tunnel_fields
 from ptth.proto.handshake import Registration
 
 from .balancer import pick
@@ -52,6 +53,9 @@ class RouterTunnel:
                 self.tunnel_id,
                 self.registration.instance or "-",
                 returned.duration,
+                extra=tunnel_fields(
+                    self.tunnel_id, self.registration.instance, self.service, "returned"
+                ),
             )
         return not self.health.ejected(now)
 
@@ -68,6 +72,9 @@ class RouterTunnel:
                 ejection.failures,
                 f", ejection {ejection.times} without a success" if ejection.times > 1 else "",
                 ejection.last_failure,
+                extra=tunnel_fields(
+                    self.tunnel_id, self.registration.instance, self.service, "ejected"
+                ),
             )
 
     @property

@@ -10,6 +10,7 @@ import anyio.abc
 import trio
 from anyio.streams.stapled import MultiListener
 
+from ptth.logs import drain_summary
 from ptth.proto.address import format_address, parse_address
 
 from . import worker_process
@@ -130,6 +131,25 @@ class Router:
             sock, initial=initial, client=client[0], transport="front end", path=self._tunnel_path
         )
 
+    def _log_drain(self) -> None:
+        """Say what the drain waits for (ARCHITECTURE.md, "Logs")."""
+        ctx = self.context
+        websockets = ctx.websockets
+        requests = max(0, ctx.in_flight - websockets)
+        tunnels = len(self.listener.connections)
+        timeout = self.config.drain_timeout
+        log.info(
+            "%s",
+            drain_summary(websockets, requests, timeout, tunnels),
+            extra={
+                "event": "draining",
+                "websockets": websockets,
+                "requests": requests,
+                "tunnels": tunnels,
+                "timeout": timeout,
+            },
+        )
+
     def shutdown(self) -> None:
         """Start the graceful drain; ``serve`` returns when it is done."""
         self._shutdown.set()
@@ -230,13 +250,20 @@ class Router:
             task_status.started(addresses)
             await self._shutdown.wait()
             log.info("shutting down: draining requests and tunnels")
+            self._log_drain()
             # Users first: no new connections, in-flight requests finish (drain_timeout);
             # tunnels must outlive those requests, then get drained themselves.
             self.listener.draining = True
             self.front.drain()
             front_scope.cancel()
-            with trio.move_on_after(self.config.drain_timeout):
+            with trio.move_on_after(self.config.drain_timeout) as users:
                 await self.front.wait_closed()
+            if users.cancelled_caught:
+                log.warning(
+                    "drain timeout: %d request(s) still open after %g s; closing them",
+                    self.context.in_flight,
+                    self.config.drain_timeout,
+                )
             # Tunnels on the front end's port (plain handshake, WebSocket) live in its
             # connections' tasks but no longer count as users: drain them with the others
             # before those tasks are cancelled.

@@ -23,6 +23,7 @@ import anyio.abc
 from ptth.driver import Connection
 from ptth.engine import Liveness, Settings
 from ptth.errors import HandshakeError, HandshakeRefused, PTTHError
+from ptth.logs import tunnel_fields
 from ptth.proto.handshake import WELL_KNOWN_PATH, Registration, ServerHandshake
 
 from . import worker_process
@@ -55,6 +56,12 @@ CAP_LOG_INTERVAL = 10.0
 ACCEPT_RETRY = 0.1
 # Seconds a drained backend has, after its last stream, to close the connection itself.
 PEER_CLOSE_GRACE = 1.0
+
+
+def _fields(tunnel: RouterTunnel, event: str | None = None) -> dict[str, object]:
+    """The structured fields of a line about ``tunnel`` (ptth/logs.py)."""
+    registration = tunnel.registration
+    return tunnel_fields(tunnel.tunnel_id, registration.instance, registration.service, event)
 
 
 def _remote(stream: anyio.abc.ByteStream) -> tuple[str, str]:
@@ -467,7 +474,12 @@ class TunnelListener:
                 with anyio.move_on_after(SETTINGS_TIMEOUT) as scope:
                     await connection.wait_remote_settings()
                 if scope.cancelled_caught or connection.closed:
-                    log.warning("tunnel %s: no SETTINGS from %s; closing", tunnel_id, peer)
+                    log.warning(
+                        "tunnel %s: no SETTINGS from %s; closing",
+                        tunnel_id,
+                        peer,
+                        extra=tunnel_fields(tunnel_id, registration.instance),
+                    )
                     await connection.aclose()
                     return
                 # Before the tunnel is routable, so a reload right after cannot miss it.
@@ -475,7 +487,12 @@ class TunnelListener:
                 try:
                     self.registry.add(tunnel)
                 except PTTHError as exc:  # lost a race for a claim since the handshake
-                    log.warning("tunnel %s: %s", tunnel_id, exc)
+                    log.warning(
+                        "tunnel %s: %s",
+                        tunnel_id,
+                        exc,
+                        extra=tunnel_fields(tunnel_id, registration.instance),
+                    )
                     await connection.aclose()
                     return
                 offered = connection.peer_max_concurrent_streams
@@ -499,6 +516,7 @@ class TunnelListener:
                     identity.owner,
                     peer,
                     tunnel.max_streams,
+                    extra=_fields(tunnel, "registered"),
                 )
                 nursery.start_soon(self._watch_drain, tunnel)
                 nursery.start_soon(self._watch_revocation, tunnel, revoked)
@@ -509,10 +527,12 @@ class TunnelListener:
             self._revoked.pop(tunnel_id, None)
             self.connections.discard(connection)
             log.info(
-                "tunnel %s: lost (%s); served %d",
+                "tunnel %s: lost (%s); served %d; instance=%s",
                 tunnel_id,
                 connection.close_reason,
                 tunnel.served,
+                registration.instance or "-",
+                extra=_fields(tunnel, "closed"),
             )
 
     async def _watch_drain(self, tunnel: RouterTunnel) -> None:
@@ -525,7 +545,12 @@ class TunnelListener:
             await connection.wait_streams_changed()
         if connection.closed:
             return  # lost, or a GOAWAY with an error: _run_tunnel logs why
-        log.info("tunnel %s: draining (no new requests)", tunnel.tunnel_id)
+        log.info(
+            "tunnel %s: draining (no new requests); instance=%s",
+            tunnel.tunnel_id,
+            tunnel.registration.instance or "-",
+            extra=_fields(tunnel, "draining"),
+        )
         self.registry.remove(tunnel)
         if self.draining:
             return  # the router's own GOAWAY: drain() closes the connection
@@ -546,11 +571,13 @@ class TunnelListener:
                 tunnel.tunnel_id,
                 connection.open_streams,
                 timeout,
+                extra=_fields(tunnel),
             )
         else:
             log.info(
                 "tunnel %s: the backend drained but kept the connection open; closing it",
                 tunnel.tunnel_id,
+                extra=_fields(tunnel),
             )
         await connection.drain(0)
 
