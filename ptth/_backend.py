@@ -43,6 +43,7 @@ from .errors import (
 )
 from .groups import unwrap
 from .identity import certificate_fingerprint, load_or_create
+from .logs import drain_summary
 from .proto.address import RouterAddress, parse_address, parse_router_address
 from .proto.connect import ProxyURL, proxy_for
 from .proto.handshake import ClientHandshake, Registration, WorkerInfo
@@ -168,6 +169,7 @@ class _Backend:
             raise ConfigError(str(exc)) from None
         self.tunnels: set[Connection] = set()
         self.draining = False
+        self.serving = [0, 0]  # requests, WebSockets in their handlers now (the drain's log line)
         self.rng = random.Random()
         self.connected = anyio.Event()
         self.scaling = ScalePolicy(
@@ -404,7 +406,12 @@ class _Backend:
 
         async def on_stream(stream: Stream) -> None:
             self._maybe_scale(target, accepted.worker)
-            await serve_stream(stream)
+            kind = int((b":protocol", b"websocket") in (stream.headers or ()))
+            self.serving[kind] += 1
+            try:
+                await serve_stream(stream)
+            finally:
+                self.serving[kind] -= 1
 
         tunnel = Connection(
             sock,
@@ -472,6 +479,13 @@ class _Backend:
     async def drain(self) -> None:
         """GOAWAY on every tunnel and wait (bounded) until they are idle."""
         self.draining = True
+        requests, websockets = self.serving
+        timeout = self.options.drain_timeout
+        log.info(
+            "%s",
+            drain_summary(websockets, requests, timeout),
+            extra={"event": "draining", "websockets": websockets, "requests": requests},
+        )
         with anyio.move_on_after(self.options.drain_timeout):
             async with anyio.create_task_group() as nursery:
                 for tunnel in list(self.tunnels):
