@@ -132,6 +132,11 @@ async def test_status_page_in_headless_chromium(
             for expected in ("GET", "/inspect-me?q=1", "200", tunnel_id, INSTANCE):
                 assert expected in text, (expected, text)
 
+            screenshot = tmp_path / "status-page.png"
+            assert await in_thread(lambda: driver.save_screenshot(str(screenshot)))
+            assert screenshot.stat().st_size > 1000
+            print(f"status page screenshot: {screenshot}")
+
             # Its headers on click, the credential masked.
             await in_thread(request_row.click)
             details = await wait_for(
@@ -154,10 +159,8 @@ async def test_status_page_in_headless_chromium(
             await in_thread(lambda: search.send_keys("inspect-me 2xx"))
             await wait_for(driver, "the row filtered in", lambda d: request_row.is_displayed())
 
-            screenshot = tmp_path / "status-page.png"
-            assert await in_thread(lambda: driver.save_screenshot(str(screenshot)))
-            assert screenshot.stat().st_size > 1000
-            print(f"status page screenshot: {screenshot}")
+            details_shot = str(tmp_path / "status-page-details.png")
+            assert await in_thread(lambda: driver.save_screenshot(details_shot))
 
             # The backend disconnects: its tunnel leaves the page.
             backend.cancel()
