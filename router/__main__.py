@@ -23,7 +23,7 @@ from .workers import supervise, worker_count
 
 def _worker_arguments() -> argparse.ArgumentParser:
     """What the supervisor adds to a worker's command line (router/workers.py); not for users."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # abbreviations: --workers
     p.add_argument("--worker-id")
     p.add_argument("--worker-count", type=int)
     p.add_argument("--worker-parent-fd", type=int)
@@ -33,7 +33,7 @@ def _worker_arguments() -> argparse.ArgumentParser:
 
 
 def _worker_context(args: argparse.Namespace) -> worker_process.WorkerContext:
-    info = WorkerInfo(args.worker_id, args.worker_count)
+    info = WorkerInfo(args.worker_id, args.worker_count or 0)  # ValueError if not given
     sockets: dict[str, tuple[int, ...]] = {}
     for item in args.inherit_fd:
         name, _, fds = item.partition("=")
