@@ -43,7 +43,7 @@ from .errors import (
 )
 from .groups import unwrap
 from .identity import certificate_fingerprint, load_or_create
-from .logs import drain_summary
+from .logs import drain_summary, tunnel_fields
 from .proto.address import RouterAddress, parse_address, parse_router_address
 from .proto.connect import ProxyURL, proxy_for
 from .proto.handshake import ClientHandshake, Registration, WorkerInfo
@@ -429,6 +429,9 @@ class _Backend:
             target,
             self.options.service,
             describe_worker(accepted.worker),
+            extra=tunnel_fields(
+                accepted.tunnel_id, self.options.instance, self.options.service, "registered"
+            ),
         )
         self.tunnels.add(tunnel)
         group = self._by_router.setdefault(target, {})
@@ -457,7 +460,12 @@ class _Backend:
             group.pop(tunnel, None)
             self.workers.dropped(target.key, worker)
             self.workers.untrack(tunnel)
-            log.info("tunnel %s: closed (%s)", accepted.tunnel_id, tunnel.close_reason)
+            log.info(
+                "tunnel %s: closed (%s)",
+                accepted.tunnel_id,
+                tunnel.close_reason,
+                extra=tunnel_fields(accepted.tunnel_id, self.options.instance, event="closed"),
+            )
 
     async def _handle_stream(self, stream: Stream) -> None:
         assert self.app is not None

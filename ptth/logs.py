@@ -40,7 +40,7 @@ MASK = "***"
 # What a credential looks like in free text: an HTTP auth scheme and its value, a credential
 # header field and its value, a credential query or form parameter, a URL's userinfo password.
 _SECRET = re.compile(
-    r"(?P<scheme>\b(?:[Bb]earer|BEARER|Basic|Digest)[ \t]+)[^\s,;\"']+"
+    r"(?P<scheme>\b(?:Bearer|BEARER|Basic|Digest)[ \t]+)[^\s,;\"']+"
     r"|(?P<field>\b(?i:authorization|proxy-authorization|cookie|set-cookie|x-session-key"
     r"|x-api-key)\b[\"']?\s*[:=]\s*[\"']?)[^\r\n\"']+"
     r"|(?P<param>(?<![\w-])(?i:[\w-]*(?:token|password|passwd|secret|api_key|apikey|session"
