@@ -14,6 +14,10 @@ from ptth.errors import ConfigError
 
 __all__ = ["RouterConfig", "build_parser", "load_config"]
 
+# Bounded so that a helper's Ptth-Covered-Workers list (about 15 bytes a worker) stays well
+# inside the 16 KiB handshake head (ARCHITECTURE.md, "Several cores").
+MAX_WORKERS = 256
+
 
 @dataclass(frozen=True)
 class RouterConfig:
@@ -79,6 +83,8 @@ class RouterConfig:
     log_level: str = "INFO"
     log_format: str = "human"  # or "json": one object per line (ptth/logs.py)
     access_log: bool = True
+    workers: str = "1"  # processes sharing the ports (ARCHITECTURE.md, "Several cores")
+    reuse_port: bool = True  # each worker its own listening sockets (SO_REUSEPORT)
 
     def __post_init__(self) -> None:
         if self.log_format not in ("human", "json"):
@@ -137,6 +143,9 @@ class RouterConfig:
             raise ConfigError(
                 "outlier_failures must be >= 0 and 0 < outlier_ejection <= outlier_max_ejection"
             )
+        workers = self.workers.strip().lower()
+        if workers != "auto" and not (workers.isdigit() and 1 <= int(workers) <= MAX_WORKERS):
+            raise ConfigError(f"workers must be 'auto' or a number from 1 to {MAX_WORKERS}")
 
 
 _HELP = {
@@ -231,6 +240,14 @@ _HELP = {
     "log_level": "logging level",
     "log_format": "log line format: human, or json (one object per line)",
     "access_log": "one log line per request (true/false)",
+    "workers": (
+        "worker processes sharing the front end and tunnel ports ('auto': one per core); "
+        "helpers hold a tunnel to each"
+    ),
+    "reuse_port": (
+        "with several workers, give each its own listening sockets (SO_REUSEPORT, the kernel "
+        "spreads connections); false: one socket shared by every worker"
+    ),
 }
 
 
