@@ -28,7 +28,7 @@ import trio
 from ptth.errors import ConfigError
 from ptth.proto.address import format_address, parse_address
 
-from .config import RouterConfig
+from .config import MAX_WORKERS, RouterConfig
 
 __all__ = ["RestartPolicy", "Supervisor", "bind_sockets", "worker_count"]
 
@@ -42,14 +42,16 @@ LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 
 
 def worker_count(setting: str) -> int:
-    """``--workers``: a number, or ``auto`` for one per core this process may run on."""
+    """``--workers``: a number, or ``auto`` for one per core this process may run on (at most
+    ``MAX_WORKERS``)."""
     text = setting.strip().lower()
     if text != "auto":
         return int(text)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
 
 
 @dataclass

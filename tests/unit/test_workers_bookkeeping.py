@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from ptth._workers import REDIAL_DELAY, WorkerBook, describe_worker
 from ptth.errors import ConfigError
-from ptth.proto.handshake import WorkerInfo
-from router.config import RouterConfig, load_config
+from ptth.proto.handshake import MAX_HEAD_SIZE, ClientHandshake, Registration, WorkerInfo
+from router.config import MAX_WORKERS, RouterConfig, load_config
 from router.workers import (
     MAX_START_FAILURES,
     START_WINDOW,
@@ -181,7 +181,7 @@ def test_bind_sockets_reports_a_busy_port() -> None:
             bind_sockets(f"127.0.0.1:{taken.getsockname()[1]}", 1, reuse_port=False)
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "two", "1025", ""])
+@pytest.mark.parametrize("value", ["0", "-1", "two", "257", ""])
 def test_config_refuses_bad_worker_counts(value: str) -> None:
     with pytest.raises(ConfigError, match="workers"):
         RouterConfig(workers=value)
@@ -191,6 +191,12 @@ def test_config_takes_auto_and_numbers() -> None:
     assert RouterConfig(workers="auto").workers == "auto"
     assert load_config(["--workers", "4", "--reuse-port", "false"]).reuse_port is False
     assert load_config([], environ={"PTTH_WORKERS": "3"}).workers == "3"
+
+
+def test_the_covered_list_of_the_most_workers_fits_in_a_handshake() -> None:
+    everyone = tuple(f"{'f' * 8}/{i}" for i in range(MAX_WORKERS))
+    request = ClientHandshake(Registration(), "router:8887", covered=everyone).request_bytes()
+    assert len(request) < MAX_HEAD_SIZE // 2
 
 
 def test_log_note_names_the_worker() -> None:
