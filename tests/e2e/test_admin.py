@@ -544,3 +544,79 @@ async def test_the_admin_listener_answers_only_get_and_head() -> None:
                 answer = await stream.receive_some(1000)
         assert answer.startswith(b"HTTP/1.1 400 ")
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_queued_requests_and_a_draining_tunnel_are_shown() -> None:
+    release = trio.Event()
+    entered = trio.Event()
+
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        entered.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, queue_timeout=20)
+        backend = trio.CancelScope()
+        one_stream = ptth.BackendOptions(
+            instance="narrow", max_concurrent_streams=1, max_connections=1
+        )
+
+        async def serve() -> None:
+            with backend:
+                await ptth.serve(slow_app, router.tunnel, options=one_stream)
+
+        nursery.start_soon(serve)
+        await router.wait_tunnels(1)
+        answers: list[str] = []
+        async with httpx.AsyncClient(base_url=router.url, timeout=20) as client:
+
+            async def call() -> None:
+                answers.append((await client.get("/")).text)
+
+            nursery.start_soon(call)
+            await entered.wait()
+            nursery.start_soon(call)  # the tunnel's one stream is taken: this one waits
+            with trio.fail_after(5):
+                while not value(found := await scrape(router), "ptth_requests_queued"):
+                    await trio.sleep(0.02)
+            assert value(found, "ptth_requests_queued") == 1
+            assert value(found, "ptth_requests_in_flight") == 2
+            assert (
+                value(
+                    found,
+                    "ptth_tunnel_in_flight",
+                    service="default",
+                    instance="narrow",
+                    tunnel=router.router.registry.tunnels()[0].tunnel_id,
+                )
+                == 1
+            )
+            # The backend drains (GOAWAY) with a request still running: its tunnel is draining.
+            backend.cancel()
+            with trio.fail_after(5):
+                while not value(
+                    found := await scrape(router),
+                    "ptth_tunnels",
+                    service="default",
+                    state="draining",
+                ):
+                    await trio.sleep(0.02)
+            assert value(found, "ptth_tunnels", service="default", state="ready") == 0
+            async with httpx.AsyncClient(base_url=router.addresses.admin_url) as admin:
+                status = (await admin.get("/api/status")).json()
+            [tunnel] = status["services"][0]["tunnels"]
+            assert tunnel["draining"] is True and tunnel["instance"] == "narrow"
+            release.set()
+            with trio.fail_after(10):
+                while len(answers) < 2:
+                    await trio.sleep(0.02)
+        assert "done" in answers  # the other found no live tunnel once this one drained (503)
+        found = await scrape(router)
+        assert value(found, "ptth_tunnels", service="default", state="draining") == 0
+        nursery.cancel_scope.cancel()
