@@ -81,6 +81,8 @@ async def serve_listeners(listeners: list[trio.SocketListener], handler: Handler
             active += 1
             try:
                 await _serve(stream, handler)
+            except Exception:  # a bug here costs this connection, never the router
+                log.exception("admin listener: a connection failed")
             finally:
                 active -= 1
         finally:
