@@ -19,22 +19,28 @@ distribution of the ``X-Backend`` response header, i.e. which backend served wha
     statuses      200=200
     backends      backend-a=101 (50.5%)  backend-b=99 (49.5%)
 
-Output depends on where stdout goes:
+Output depends on where it goes:
 
-* a terminal: a live progress bar (requests done / total, or elapsed / duration, the current
-  requests/s and the errors so far) under the per-request lines, and the summary as tables
-  (needs ``rich``, a dev dependency; without it the output is the plain one);
+* stdout and stderr both a terminal: a live progress bar (requests done / total, or elapsed /
+  duration, the current requests/s and the errors so far) under the per-request lines, and
+  the summary as ``rich`` tables;
 * anything else (a pipe, a file, the tests, ``make demo`` captured): plain text as above;
-* ``--json``: one JSON object with the same figures and nothing else (no per-request lines,
-  no bar), for scripts; latencies there are in milliseconds, ``duration`` in seconds.
+* ``--json``: one JSON object with the same figures and nothing else on stdout (no
+  per-request lines, no bar), for scripts; latencies there are in milliseconds, ``duration``
+  in seconds, ``backend_shares`` fractions of the answered requests (they sum to 1).
 
 ``--requests`` counts every request sent, and the run waits for all of them.  With
 ``--duration`` workers keep sending until the time is up; requests still in flight then are
 abandoned (neither counted nor timed), so ``requests`` is the number that completed.
 
-Transport failures and responses with status >= 500 count as errors; the exit code is 1
-if there were any, else 0 (2 for a usage error).  ``--http2`` speaks HTTP/2 (for ``http://``
-URLs that is h2c with prior knowledge).
+Transport failures (refused connections, timeouts, broken responses) and responses with
+status >= 500 count as errors and are listed by kind, never as a traceback.  If no
+connection can be made at all (every worker's first attempt fails to connect) the run stops
+at once and says so on stderr instead of retrying a dead address for the whole run.  Ctrl-C
+stops sending, lets in-flight requests finish and prints the summary of what was done (a
+second Ctrl-C abandons them).  Exit status: 0 if every request got a response below 500,
+1 if any failed, 2 for a usage error, 130 if interrupted.  ``--http2`` speaks HTTP/2 (for
+``http://`` URLs that is h2c with prior knowledge).
 
 ``run_load()`` is the reusable core; the tests call it directly (the demo runs this script).
 """
@@ -44,20 +50,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import math
+import signal
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import httpx
-
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress, TaskID
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 DEFAULT_URL = "http://127.0.0.1:8888/foo"
 DEFAULT_REQUESTS = 200
@@ -84,11 +91,20 @@ class Summary:
     max_latency: float = 0.0
     #: error kind -> count; exception type names, or ``"HTTP 503"`` for 5xx responses
     failures: dict[str, int] = field(default_factory=dict)
+    #: set when the run stopped because no connection could be made: the last error's text
+    unreachable: str | None = None
+    #: the run was stopped early from outside (``stop`` set, i.e. Ctrl-C)
+    interrupted: bool = False
 
     @property
     def answered(self) -> int:
         """Requests that got an HTTP response (of any status), i.e. those with a latency."""
         return sum(self.backends.values())
+
+    def shares(self) -> dict[str, float]:
+        """Each backend's fraction of the answered requests, largest first (sums to 1)."""
+        answered = self.answered
+        return {name: n / answered for name, n in _by_count(self.backends)} if answered else {}
 
 
 @dataclass(frozen=True)
@@ -184,7 +200,10 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
         },
         "statuses": {str(code): n for code, n in sorted(summary.statuses.items())},
         "backends": dict(_by_count(summary.backends)),
+        "backend_shares": {name: round(f, 6) for name, f in summary.shares().items()},
         "failures": dict(_by_count(summary.failures)),
+        "unreachable": summary.unreachable is not None,
+        "interrupted": summary.interrupted,
     }
 
 
@@ -199,6 +218,7 @@ async def run_load(
     *,
     duration: float | None = None,
     on_tick: Callable[[Tick], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Summary:
     """Send GETs to ``url`` from ``concurrency`` workers and summarise them.
 
@@ -206,6 +226,8 @@ async def run_load(
     with ``duration``, requests still in flight when the time is up are abandoned.
     Per-request lines go to ``out`` (default: ``sys.stdout`` at call time) unless ``quiet``;
     ``on_tick`` (if given) gets a :class:`Tick` every ``TICK_SECONDS`` and one at the end.
+    Once ``stop`` is set no new request starts and the run ends when those in flight are done.
+    If every worker's first attempt fails to connect, the run stops there (``unreachable``).
     The summary is returned, not printed.
     """
     if requests is not None and duration is not None:
@@ -226,6 +248,9 @@ async def run_load(
     failures: Counter[str] = Counter()
     issued = 0
     done = 0
+    answered = 0
+    connect_failures = 0  # before the first response; reaching ``workers`` means unreachable
+    unreachable: str | None = None
     started = time.perf_counter()
     deadline = None if duration is None else started + duration
 
@@ -234,35 +259,46 @@ async def run_load(
             print(line, file=stream)
 
     def more() -> bool:
+        if unreachable is not None or (stop is not None and stop.is_set()):
+            return False
         if deadline is not None:
             return time.perf_counter() < deadline
         assert requests is not None
         return issued < requests
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal issued, done
+        nonlocal issued, done, answered, connect_failures, unreachable
         # Single-threaded event loop: check-and-increment without an await is atomic.
         while more():
             issued += 1
-            emit(f"> GET {url}")
+            if not quiet:
+                emit(f"> GET {url}")
             sent = time.perf_counter()
             try:
                 response = await client.get(url)
-            except (httpx.HTTPError, OSError) as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
                 kind = type(exc).__name__
                 failures[kind] += 1
                 done += 1
-                emit(f"! {kind}: {exc}")
+                if not quiet:
+                    emit(f"! {kind}: {exc}")
+                if not answered and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    connect_failures += 1
+                    if connect_failures >= workers:
+                        unreachable = f"{kind}: {exc}"
                 continue
             latencies.append(time.perf_counter() - sent)
+            answered += 1
             statuses[response.status_code] += 1
             backends[response.headers.get(BACKEND_HEADER, NO_BACKEND)] += 1
             if response.status_code >= 500:
                 failures[f"HTTP {response.status_code}"] += 1
             done += 1
-            # Some servers (hypercorn) send no reason phrase; show the standard one then.
-            reason = response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code)
-            emit(f"< {response.status_code} {reason} {body_preview(response.content)}")
+            if not quiet:
+                # Some servers (hypercorn) send no reason phrase; show the standard one then.
+                code = response.status_code
+                reason = response.reason_phrase or httpx.codes.get_reason_phrase(code)
+                emit(f"< {code} {reason} {body_preview(response.content)}")
 
     def tick() -> None:
         if on_tick is not None:
@@ -318,6 +354,8 @@ async def run_load(
         backends=dict(backends),
         max_latency=latencies[-1] if latencies else 0.0,
         failures=dict(failures),
+        unreachable=unreachable,
+        interrupted=stop is not None and stop.is_set(),
     )
 
 
@@ -325,12 +363,11 @@ async def run_load(
 
 
 def terminal_console() -> Console | None:
-    """A rich console on stdout if stdout is an interactive terminal and rich is installed."""
-    if not sys.stdout.isatty():
-        return None
-    try:
-        from rich.console import Console
-    except ImportError:
+    """A rich console on stdout, but only if stdout and stderr are both a terminal.
+
+    Either one redirected means someone is capturing the output: then it stays plain text.
+    """
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
         return None
     console = Console()
     return console if console.is_interactive else None
@@ -340,8 +377,6 @@ class ProgressBar:
     """The live bar: requests done / total (or elapsed / duration), current req/s, errors."""
 
     def __init__(self, console: Console, requests: int | None, duration: float | None) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
         self.requests = requests
         self.duration = duration
         self.samples: deque[tuple[float, int]] = deque()
@@ -391,8 +426,6 @@ class ProgressBar:
 
 def print_tables(console: Console, summary: Summary) -> None:
     """The summary as rich tables: overview and latency, statuses, backends, failures."""
-    from rich.table import Table
-
     overview = Table(title="load test", title_justify="left", show_header=False)
     overview.add_column("figure", style="bold")
     overview.add_column("value", justify="right")
@@ -453,11 +486,41 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _http_url(text: str) -> str:
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise argparse.ArgumentTypeError(f"not a URL: {text!r} ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise argparse.ArgumentTypeError(f"want an http:// or https:// URL with a host: {text!r}")
+    return text
+
+
+EPILOG = """\
+output: per-request lines then a summary (requests, errors, duration, requests/s, latency
+p50/p90/p99/max, statuses, backends by their X-Backend header, failures by kind).  On a
+terminal (stdout and stderr both) there is a live progress bar and the summary is a table;
+--json prints one JSON object instead and nothing else on stdout.
+
+exit status: 0 if every request got a response with status < 500; 1 if any request failed
+(a refused connection, a timeout, a broken response, a 5xx status), including when the URL
+cannot be reached at all (then the run stops after the first attempts and says so on
+stderr); 2 for a usage error; 130 if interrupted with Ctrl-C (the summary is still printed).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Load-test a PTTH router (or any HTTP server) with concurrent GETs."
+        description="Load-test a PTTH router (or any HTTP server) with concurrent GETs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"target URL (default {DEFAULT_URL})")
+    parser.add_argument(
+        "--url",
+        type=_http_url,
+        default=DEFAULT_URL,
+        help=f"target URL (default {DEFAULT_URL})",
+    )
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument(
         "--requests",
@@ -510,10 +573,32 @@ def main(argv: list[str] | None = None) -> int:
     if requests is None and args.duration is None:
         requests = DEFAULT_REQUESTS
     bar = ProgressBar(console, requests, args.duration) if console is not None else None
+    # Under the bar, per-request lines are written in one batch per tick: rich renders each
+    # write above the bar, and one write per line would halve the request rate.
+    batch = io.StringIO() if bar is not None and not quiet else None
 
-    def load() -> Summary:
-        return asyncio.run(
-            run_load(
+    def on_tick(tick: Tick) -> None:
+        assert bar is not None
+        if batch is not None and batch.tell():
+            sys.stdout.write(batch.getvalue())
+            batch.seek(0)
+            batch.truncate()
+        bar.update(tick)
+
+    async def interruptible() -> Summary:
+        # The first Ctrl-C stops new requests (the summary still comes); the handler is then
+        # removed, so a second one raises KeyboardInterrupt and abandons the run.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_sigint() -> None:
+            stop.set()
+            loop.remove_signal_handler(signal.SIGINT)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no handlers on Windows
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            return await run_load(
                 url=args.url,
                 requests=requests,
                 duration=args.duration,
@@ -521,9 +606,16 @@ def main(argv: list[str] | None = None) -> int:
                 http2=args.http2,
                 quiet=quiet,
                 timeout=args.timeout,
-                on_tick=bar.update if bar is not None else None,
+                out=batch,
+                on_tick=on_tick if bar is not None else None,
+                stop=stop,
             )
-        )
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+    def load() -> Summary:
+        return asyncio.run(interruptible())
 
     try:
         if bar is not None:
@@ -533,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = load()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("user.py: interrupted (in-flight requests abandoned, no summary)", file=sys.stderr)
         return 130
     if args.json:
         print(json.dumps(summary_dict(summary)))
@@ -544,6 +636,16 @@ def main(argv: list[str] | None = None) -> int:
         if not quiet:
             print()
         print(format_summary(summary))
+    if summary.unreachable is not None:
+        print(
+            f"user.py: cannot reach {args.url}: {summary.unreachable}\n"
+            f"user.py: is the router running and listening there? Stopped after "
+            f"{summary.requests} attempts, none of which could connect.",
+            file=sys.stderr,
+        )
+    if summary.interrupted:
+        print(f"user.py: interrupted after {summary.requests} requests", file=sys.stderr)
+        return 130
     return 1 if summary.errors else 0
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -213,18 +216,93 @@ def test_server_errors_count(server: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_closed_port_all_errors() -> None:
+def test_closed_port_stops_at_once_and_says_so() -> None:
     url = f"http://127.0.0.1:{free_closed_port()}/foo"
-    res = run_user("--requests", "20", "--concurrency", "4", "--timeout", "2", "--url", url)
+    res = run_user("--requests", "200", "--concurrency", "4", "--timeout", "2", "--url", url)
     assert res.returncode == 1
+    assert "Traceback" not in res.stdout + res.stderr
     f = summary_fields(res.stdout)
-    assert f["requests"] == "20"
-    assert f["errors"] == "20"
+    # Each of the 4 workers' first attempt is refused: the run stops instead of sending 200.
+    # Workers whose first attempt failed early may have started another meanwhile.
+    assert 4 <= int(f["requests"]) < 200
+    assert f["errors"] == f["requests"]
     assert f["statuses"] == "-"
     assert f["latency"] == "-"
+    assert f["failures"] == f"ConnectError={f['requests']}"
     bang = [ln for ln in res.stdout.splitlines() if ln.startswith("! ")]
-    assert len(bang) == 20
-    assert all(re.match(r"! \w+: ", ln) for ln in bang)
+    assert len(bang) == int(f["requests"])
+    assert all(re.match(r"! ConnectError: ", ln) for ln in bang)
+    assert f"user.py: cannot reach {url}: ConnectError: " in res.stderr
+    assert "is the router running" in res.stderr
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_with_duration_stops_early() -> None:
+    url = f"http://127.0.0.1:{free_closed_port()}/foo"
+    started = time.monotonic()
+    res = run_user("--json", "--duration", "30", "--url", url)
+    wall = time.monotonic() - started
+    assert res.returncode == 1
+    assert wall < 20  # far less than the 30 s asked for (interpreter start-up is the bulk)
+    data = json.loads(res.stdout)
+    assert data["unreachable"] is True
+    assert data["requests"] == data["errors"] == data["failures"]["ConnectError"] > 0
+    assert data["duration"] < 5
+    assert "cannot reach" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.timeout(60)
+def test_timeouts_are_counted() -> None:
+    # A listening socket that never accepts: connections complete (the kernel's backlog) but
+    # no answer ever comes, so every request times out; that is not "unreachable".
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/foo"
+        res = run_user("--quiet", "--requests", "3", "--timeout", "0.5", "--url", url)
+    assert res.returncode == 1
+    f = summary_fields(res.stdout)
+    assert (f["requests"], f["errors"], f["failures"]) == ("3", "3", "ReadTimeout=3")
+    assert res.stderr == ""
+
+
+@pytest.mark.timeout(60)
+def test_sigint_prints_the_summary(server: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(USER_SCRIPT), "--duration", "30", "--url", f"{server}/foo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until requests are being answered
+            if line.startswith("< 200"):
+                break
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        stopped_in = time.monotonic() - started
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert proc.returncode == 130, err
+    assert stopped_in < 10
+    assert "Traceback" not in err
+    assert re.search(r"^user\.py: interrupted after \d+ requests$", err, re.M)
+    f = summary_fields(out)
+    assert f["errors"] == "0"
+    assert float(f["duration"].removesuffix(" s")) < 25
+    assert f["statuses"] == f"200={f['requests']}"
+
+
+def test_help_documents_exit_status() -> None:
+    res = run_user("--help")
+    assert res.returncode == 0
+    assert "exit status: 0 if every request" in res.stdout
+    assert "1 if any request failed" in res.stdout
+    assert "--duration SECONDS" in res.stdout and "--json" in res.stdout
 
 
 # --- --duration, --json and the usage rules, against a real router and backend --------------
@@ -244,10 +322,12 @@ async def run_user_async(*args: str) -> tuple[subprocess.CompletedProcess[bytes]
     return res, time.monotonic() - started
 
 
-async def _router_with_backend(nursery: trio.Nursery, name: str) -> RunningRouter:
+async def _router_with_backend(nursery: trio.Nursery, *names: str) -> RunningRouter:
+    """A router with one example backend per name (each answers ``X-Backend: <name>``)."""
     router = await start_router(nursery)
-    await start_backend(nursery, make_app(name), router.tunnel)
-    await router.wait_tunnels(1)
+    for name in names:
+        await start_backend(nursery, make_app(name), router.tunnel)
+    await router.wait_tunnels(len(names))
     return router
 
 
@@ -274,13 +354,14 @@ async def test_duration_bounds_the_run() -> None:
 @pytest.mark.timeout(60)
 async def test_json_output_parses_and_counts_match() -> None:
     async with trio.open_nursery() as nursery:
-        router = await _router_with_backend(nursery, "json-1")
+        router = await _router_with_backend(nursery, "json-1", "json-2")
         url = f"{router.url}/foo"
-        by_count, _ = await run_user_async("--json", "--requests", "30", "--url", url)
+        by_count, _ = await run_user_async("--json", "--requests", "300", "--url", url)
         timed, wall = await run_user_async("--json", "--duration", "1", "--url", url)
         nursery.cancel_scope.cancel()
 
     assert by_count.returncode == 0, by_count.stdout + by_count.stderr
+    assert by_count.stderr == b""
     data = json.loads(by_count.stdout)  # the whole of stdout is one JSON object
     assert set(data) == {
         "requests",
@@ -290,18 +371,29 @@ async def test_json_output_parses_and_counts_match() -> None:
         "latency_ms",
         "statuses",
         "backends",
+        "backend_shares",
         "failures",
+        "unreachable",
+        "interrupted",
     }
-    assert data["requests"] == 30
+    assert data["requests"] == 300
     assert data["errors"] == 0
-    assert data["statuses"] == {"200": 30}
-    assert data["backends"] == {"json-1": 30}
+    assert data["statuses"] == {"200": 300}
+    # The router balances over both backends; how evenly is its business, not this test's.
+    assert set(data["backends"]) == {"json-1", "json-2"}
+    assert sum(data["backends"].values()) == 300
+    shares = data["backend_shares"]
+    assert list(shares) == list(data["backends"])  # same order: largest first
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
+    for name, n in data["backends"].items():
+        assert shares[name] == pytest.approx(n / 300, abs=1e-6)
     assert data["failures"] == {}
+    assert (data["unreachable"], data["interrupted"]) == (False, False)
     latency = data["latency_ms"]
     assert set(latency) == {"p50", "p90", "p99", "max"}
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
     assert data["duration"] > 0
-    assert data["rps"] == pytest.approx(30 / data["duration"], rel=0.01)
+    assert data["rps"] == pytest.approx(300 / data["duration"], rel=0.01)
 
     assert timed.returncode == 0, timed.stdout + timed.stderr
     data = json.loads(timed.stdout)
@@ -309,7 +401,9 @@ async def test_json_output_parses_and_counts_match() -> None:
     assert data["requests"] > 0
     assert data["errors"] == 0
     assert sum(data["statuses"].values()) == data["requests"]
-    assert data["backends"] == {"json-1": data["requests"]}
+    assert sum(data["backends"].values()) == data["requests"]
+    assert set(data["backends"]) <= {"json-1", "json-2"}
+    assert sum(data["backend_shares"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.timeout(60)
@@ -322,13 +416,17 @@ def test_json_output_with_errors(server: str) -> None:
     assert data["failures"] == {"HTTP 503": 6}
     assert data["backends"] == {"backend-a": 3, "backend-b": 3}
 
+    assert data["backend_shares"] == {"backend-a": 0.5, "backend-b": 0.5}
+    assert data["unreachable"] is False
+
     url = f"http://127.0.0.1:{free_closed_port()}/foo"
     res = run_user("--json", "--requests", "4", "--timeout", "2", "--url", url)
     assert res.returncode == 1
     data = json.loads(res.stdout)
     assert (data["requests"], data["errors"]) == (4, 4)
-    assert data["statuses"] == {} and data["backends"] == {}
+    assert data["statuses"] == {} and data["backends"] == {} and data["backend_shares"] == {}
     assert data["latency_ms"] == {"p50": None, "p90": None, "p99": None, "max": None}
+    assert data["unreachable"] is True
 
 
 @pytest.mark.parametrize(
@@ -349,6 +447,13 @@ def test_usage_errors(args: list[str]) -> None:
     assert "usage:" in res.stderr
     if "--requests" in args and "--duration" in args:
         assert "not allowed with argument" in res.stderr
+
+
+@pytest.mark.parametrize("url", ["foo", "ftp://127.0.0.1/x", "http:///nohost"])
+def test_bad_url_is_a_usage_error(url: str) -> None:
+    res = run_user("--requests", "1", "--url", url)
+    assert (res.returncode, res.stdout) == (2, "")
+    assert "argument --url: want an http:// or https:// URL with a host" in res.stderr
 
 
 # --- in-process checks of the reusable pieces ---------------------------------------------
@@ -434,9 +539,96 @@ def test_summary_dict_and_tables() -> None:
     assert data["latency_ms"] == {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
     assert data["statuses"] == {"200": 3, "503": 1}
     assert list(data["backends"].items()) == [("a", 3), ("b", 1)]
+    assert data["backend_shares"] == {"a": 0.75, "b": 0.25}
+    assert (data["unreachable"], data["interrupted"]) == (False, False)
 
     console = Console(record=True, width=100, force_terminal=True)
     user.print_tables(console, summary)
     text = console.export_text()
     for expected in ("latency p99", "3.0 ms", "503", "75.0%", "X-Backend", "HTTP 503"):
         assert expected in text
+
+
+# --- on a terminal: the progress bar and the tables ------------------------------------------
+
+
+def run_user_on_pty(*args: str, stderr_piped: bool = False) -> tuple[int, str, str]:
+    """Run user.py with stdout (and stderr unless ``stderr_piped``) on a pseudo-terminal.
+
+    Returns the exit code, what the terminal showed and what went to the stderr pipe.
+    """
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        env.pop(name, None)
+    proc: subprocess.Popen[bytes] | None = None
+    shown = bytearray()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(USER_SCRIPT), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=subprocess.PIPE if stderr_piped else slave,
+            env=env,
+            cwd=REPO,
+        )
+        os.close(slave)
+        slave = -1
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            elif proc.poll() is not None:
+                break
+        err = proc.stderr.read().decode() if proc.stderr is not None else ""
+        returncode = proc.wait(timeout=10)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+            if proc.stderr is not None:
+                proc.stderr.close()
+    return returncode, shown.decode(errors="replace"), err
+
+
+@pytest.mark.timeout(60)
+def test_terminal_gets_progress_bar_and_tables(server: str) -> None:
+    code, shown, _ = run_user_on_pty("--quiet", "--requests", "400", "--url", f"{server}/foo")
+    assert code == 0, shown
+    assert "\x1b[" in shown  # rich drew on the terminal
+    assert "400/400 req" in shown and "req/s" in shown and "0 errors" in shown  # the bar
+    for cell in ("load test", "latency p99", "X-Backend", "backend-a", "50.0%", "┏", "┃"):
+        assert cell in shown, cell
+    assert not re.search(r"^requests\s{2,}400", shown, re.M)  # not the plain summary
+
+    # Per-request lines still appear (in batches above the bar), one per request.
+    code, shown, _ = run_user_on_pty("--requests", "30", "--url", f"{server}/foo")
+    assert code == 0, shown
+    assert shown.count(f"> GET {server}/foo") == 30
+    assert shown.count('< 200 OK "bar"') == 30
+
+
+@pytest.mark.timeout(60)
+def test_terminal_plain_when_stderr_piped_or_json(server: str) -> None:
+    args = ("--quiet", "--requests", "20", "--url", f"{server}/foo")
+    code, shown, err = run_user_on_pty(*args, stderr_piped=True)
+    assert code == 0, shown + err
+    assert "\x1b" not in shown and err == ""
+    assert summary_fields(shown.replace("\r\n", "\n"))["statuses"] == "200=20"
+
+    code, shown, _ = run_user_on_pty("--json", "--requests", "20", "--url", f"{server}/foo")
+    assert code == 0, shown
+    assert "\x1b" not in shown
+    assert json.loads(shown)["requests"] == 20
