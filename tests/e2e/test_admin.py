@@ -620,3 +620,37 @@ async def test_queued_requests_and_a_draining_tunnel_are_shown() -> None:
         found = await scrape(router)
         assert value(found, "ptth_tunnels", service="default", state="draining") == 0
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_garbage_on_the_admin_port_never_hurts_the_router(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import random
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        host, port = router.addresses.admin  # type: ignore[misc]
+        rng = random.Random(8)
+        payloads = [rng.randbytes(rng.randrange(1, 4000)) for _ in range(30)]
+        payloads += [
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X: " + b"y" * 20000 + b"\r\n\r\n",
+            b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # then gone at once
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nab",
+        ]
+        for payload in payloads:
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                try:
+                    await stream.send_all(payload)
+                    with trio.move_on_after(0.2):
+                        await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        async with httpx.AsyncClient(base_url=router.addresses.admin_url) as admin:
+            assert (await admin.get("/healthz")).status_code == 200
+        await ptth_backend(nursery, router, "alpha")
+        async with httpx.AsyncClient(base_url=router.url) as client:
+            assert (await client.get("/")).text == "bar"
+        assert "admin listener" not in caplog.text  # no error, no traceback: each was handled
+        nursery.cancel_scope.cancel()
