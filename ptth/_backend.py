@@ -386,7 +386,12 @@ class _Backend:
             # The name, also when dialled at one of its addresses (Target.ip).
             authority = target.address.authority
             covered = self.workers.covered(target.key) if slot >= 0 else avoid
-            handshake = ClientHandshake(self.registration, authority, covered=covered)
+            handshake = ClientHandshake(
+                self.registration,
+                authority,
+                covered=covered,
+                target=target.address.handshake_target.encode("ascii"),
+            )
             with anyio.fail_after(HANDSHAKE_TIMEOUT):
                 await sock.send(handshake.request_bytes())
                 accepted = None

@@ -42,14 +42,17 @@ class _Scheme:
     default_path: str | None = None
 
 
+HANDSHAKE_PATH = "/.well-known/ptth"  # the reverse handshake's target (RFC 8615 well-known URI)
 WS_PATH = "/.well-known/ptth/ws"
 HTTPSOCK_PATH = "/.well-known/ptth/socket"  # socket over plain HTTP requests (ptth.httpsock)
 
 # How a helper reaches a router, by URL scheme (ARCHITECTURE.md, "Transports"). One table so
 # that every transport is a row, with the parser unchanged.
 _SCHEMES = {
-    "tcp": _Scheme(tls=False, transport="tcp"),  # the ReverseHTTP upgrade over TCP (no scheme)
-    "tls": _Scheme(tls=True, transport="tcp"),  # the same over TLS, the certificate verified
+    # The ReverseHTTP upgrade over TCP (also: no scheme); the path is the handshake's target,
+    # for a router whose --tunnel-path moved it.
+    "tcp": _Scheme(tls=False, transport="tcp", default_path=HANDSHAKE_PATH),
+    "tls": _Scheme(tls=True, transport="tcp", default_path=HANDSHAKE_PATH),  # ... over TLS
     "ws": _Scheme(tls=False, transport="ws", default_path=WS_PATH),  # in WebSocket messages
     "wss": _Scheme(tls=True, transport="ws", default_path=WS_PATH),  # ... over TLS
     "http": _Scheme(tls=False, transport="httpsock", default_path=HTTPSOCK_PATH),  # plain HTTP
@@ -77,8 +80,15 @@ class RouterAddress:
 
     @property
     def target(self) -> str:
-        """The path the transport requests (``ws://``: the WebSocket's); "" for ``tcp://``."""
+        """The path the transport requests (``ws://``: the WebSocket's; ``tcp://``: the
+        handshake's)."""
         return self.path or _SCHEMES[self.scheme].default_path or ""
+
+    @property
+    def handshake_target(self) -> str:
+        """The reverse handshake's target: the URL's path on ``tcp://`` and ``tls://``; inside
+        a ws:// or http:// transport the stream is the tunnel port's, so the default."""
+        return self.target if self.transport == "tcp" else HANDSHAKE_PATH
 
     @property
     def authority(self) -> str:
@@ -89,8 +99,8 @@ class RouterAddress:
 
 
 def parse_router_address(address: str) -> RouterAddress:
-    """``HOST:PORT``, ``tcp://HOST:PORT`` (plain), ``tls://HOST:PORT``, or
-    ``ws://HOST:PORT[/path]`` / ``wss://HOST:PORT[/path]``; IPv6 in brackets.
+    """``HOST:PORT``, ``tcp://HOST:PORT[/path]`` (plain), ``tls://HOST:PORT[/path]``,
+    ``ws://`` / ``wss://`` or ``http://`` / ``https://HOST:PORT[/path]``; IPv6 in brackets.
 
     The port is required and the host is kept as given but for case; anything else (a path
     where the scheme takes none, a query, credentials, an unknown scheme) is a

@@ -157,15 +157,22 @@ class ClientHandshake:
     """Backend side: build the upgrade request, then parse the router's answer."""
 
     def __init__(
-        self, registration: Registration, authority: str, *, covered: tuple[str, ...] = ()
+        self,
+        registration: Registration,
+        authority: str,
+        *,
+        covered: tuple[str, ...] = (),
+        target: bytes = WELL_KNOWN_PATH,
     ) -> None:
         """``covered``: router workers the helper already holds enough tunnels to; a worker
-        named there answers 421 instead of registering another (``Ptth-Covered-Workers``)."""
+        named there answers 421 instead of registering another (``Ptth-Covered-Workers``).
+        ``target``: the request's path, for a router whose ``--tunnel-path`` moved it."""
         registration.validate()
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
         self._registration = registration
         self._authority = authority
         self._covered = covered
+        self._target = target
         self._refusal: h11.Response | None = None
         self._reason = bytearray()
 
@@ -192,7 +199,7 @@ class ClientHandshake:
             headers.append(("Ptth-Instance", reg.instance))
         if self._covered:
             headers.append(("Ptth-Covered-Workers", ", ".join(self._covered)))
-        data = self._conn.send(h11.Request(method="POST", target=WELL_KNOWN_PATH, headers=headers))
+        data = self._conn.send(h11.Request(method="POST", target=self._target, headers=headers))
         data += self._conn.send(h11.EndOfMessage()) or b""
         return data or b""
 

@@ -57,7 +57,7 @@ def test_properties_and_round_trip() -> None:
         ("ftp://localhost:1", "one of tcp://, tls://"),
         ("tls://:1", "no valid host"),
         ("tls://user:pw@localhost:1", "credentials"),
-        ("tls://localhost:1/path", "host and port only"),
+        ("tls://localhost:1/a//b", "invalid path"),
         ("tls://localhost:1?x", "host and port only"),
         ("tls://localhost:1#x", "host and port only"),
         ("tls://local host:1", "spaces"),
@@ -112,3 +112,15 @@ def test_anything_parses_or_is_a_config_error(text: str) -> None:
 )
 def test_url_shaped_garbage_parses_or_is_a_config_error(prefix: str, rest: str) -> None:
     parses_or_refuses(prefix + rest)
+
+
+def test_a_tcp_or_tls_path_is_the_handshake_target() -> None:
+    """``--tunnel-path`` on the router has its helper side: the path of a tcp:// or tls://
+    address; inside ws:// and http:// the handshake keeps the default target."""
+    moved = parse_router_address("tls://localhost:1/custom/ptth")
+    assert moved.path == "/custom/ptth" and moved.handshake_target == "/custom/ptth"
+    assert str(moved) == "tls://localhost:1/custom/ptth"
+    assert parse_router_address("localhost:1").handshake_target == "/.well-known/ptth"
+    ws = parse_router_address("ws://localhost:1/tunnels")
+    assert ws.target == "/tunnels" and ws.handshake_target == "/.well-known/ptth"
+    assert parse_router_address("http://localhost:1").handshake_target == "/.well-known/ptth"
