@@ -111,11 +111,18 @@ class Inspector:
         self.body_limit = BODY_LIMIT if bodies else 0
         self._ring: deque[Inspected] = deque(maxlen=max(1, size))
         self._ids = itertools.count(1)
-        self._subscribers: set[trio.MemorySendChannel[Inspected]] = set()
+        self._subscribers: set[trio.MemorySendChannel[Inspected | None]] = set()
 
     def add(self, done: Finished) -> None:
         item = Inspected(next(self._ids), time.time(), done)
         self._ring.append(item)
+        self._push(item)
+
+    def changed(self) -> None:
+        """Tell the live pages the status changed (a tunnel came or went): None on the channel."""
+        self._push(None)
+
+    def _push(self, item: Inspected | None) -> None:
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(item)
@@ -127,9 +134,10 @@ class Inspector:
     def recent(self) -> list[Inspected]:
         return list(self._ring)
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[Inspected]:
-        """A channel of every request from now on; close it to unsubscribe."""
-        send, receive = trio.open_memory_channel[Inspected](SUBSCRIBER_BUFFER)
+    def subscribe(self) -> trio.MemoryReceiveChannel[Inspected | None]:
+        """A channel of every request from now on (None: the status changed); close it to
+        unsubscribe."""
+        send, receive = trio.open_memory_channel[Inspected | None](SUBSCRIBER_BUFFER)
         self._subscribers.add(send)
         return receive
 

@@ -23,8 +23,9 @@ from ptth.proto.address import format_address, parse_address
 
 from .. import worker_process
 from ..proxy_common import Finished
+from ..registry import RouterTunnel
 from .http import AdminRequest, Reply, Streamed, serve_listeners
-from .inspector import Inspector, record
+from .inspector import Inspected, Inspector, record
 from .metrics import LiveState, Metrics
 from .status import Rates, RouterFacts, snapshot
 
@@ -95,7 +96,7 @@ class Admin:
         self.started_at = 0.0
         self._scope = trio.CancelScope()
         context.observer = self
-        router.registry.watchers.append(self.metrics.tunnel_event)
+        router.registry.watchers.append(self._tunnel_event)
         router.front.on_h2_closed = self.metrics.user_connection_closed
 
     # -- the observer (the proxies call it once per request) ---------------------------------
@@ -103,6 +104,10 @@ class Admin:
     def finished(self, done: Finished) -> None:
         self.metrics.finished(done)
         self.inspector.add(done)
+
+    def _tunnel_event(self, event: str, tunnel: RouterTunnel) -> None:
+        self.metrics.tunnel_event(event, tunnel)
+        self.inspector.changed()  # live pages show a tunnel that came or went at once
 
     # -- life --------------------------------------------------------------------------------
 
@@ -232,18 +237,25 @@ class Admin:
         ) | {"time": time.time(), "inspect_bodies": bool(self.body_limit)}
 
     async def _events(self) -> AsyncIterator[bytes]:
-        """Server-sent events: ``status`` every second, ``request`` as each one finishes."""
+        """Server-sent events: ``status`` every second and when a tunnel comes or goes,
+        ``request`` as each one finishes."""
         receive = self.inspector.subscribe()
         with receive:
             yield b"retry: 1000\n\n" + _event("status", self.status())
             next_status = trio.current_time() + STATUS_INTERVAL
             while True:
-                item = None
+                item: Inspected | None = None
+                timed_out = True
                 with trio.move_on_at(next_status):  # never yield inside a cancel scope
                     item = await receive.receive()
+                    timed_out = False
                 if item is not None:
                     yield _event("request", record(item))
                     continue
+                if not timed_out:
+                    # A tunnel came or went: let its tunnel settle in the registry first, and
+                    # fold a burst of changes into one event.
+                    await trio.sleep(0.05)
                 yield _event("status", self.status())
                 next_status = trio.current_time() + STATUS_INTERVAL
 
