@@ -253,3 +253,29 @@ def test_expected_events_are_not_error_tracebacks() -> None:
         text = out.finish()
         assert "Traceback" not in text, text
         assert not re.search(r" (ERROR|CRITICAL) ", text), text
+
+
+@pytest.mark.timeout(60)
+def test_drains_count_an_open_websocket() -> None:
+    """The helper's drain and then the router's see the one WebSocket left open."""
+    with ExitStack() as stack:
+        proc, out, url, tunnel = stack.enter_context(router("--drain-timeout", "3"))
+        backend, backend_out = stack.enter_context(
+            helper("tests.e2e.apps_websocket:app", "--router", tunnel, "--drain-timeout", "3")
+        )
+        out.wait_for(r"tunnel \w+: registered service=", timeout=15)
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(
+                b"GET /whoami HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+                b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+            )
+            assert sock.recv(4096).startswith(b"HTTP/1.1 101"), "no WebSocket session"
+            backend.send_signal(signal.SIGTERM)
+            line = backend_out.wait_for(r"ptth\.backend: (draining: .*)$").group(1)
+            assert line == "draining: 1 WebSocket, 0 requests, up to 3 s"
+            proc.send_signal(signal.SIGTERM)
+            line = out.wait_for(r"router: (draining: .*)$").group(1)
+            assert line == "draining: 1 WebSocket, 0 requests, 1 tunnel, up to 3 s"
+        assert wait_exit(proc, timeout=15) == 0
+        assert "Traceback" not in out.finish()
