@@ -374,7 +374,12 @@ class _Backend:
         proxy = self.proxies[target.address]
         try:
             sock = await dial(
-                target.address, self.tls, timeout=HANDSHAKE_TIMEOUT, proxy=proxy, ip=target.ip
+                target.address,
+                self.tls,
+                timeout=HANDSHAKE_TIMEOUT,
+                proxy=proxy,
+                ip=target.ip,
+                token=self.options.token,
             )
         except TimeoutError:
             if proxy is None:

@@ -39,6 +39,7 @@ class Dialler(Protocol):
         *,
         proxy: ProxyURL | None = None,
         ip: str | None = None,
+        token: str | None = None,
     ) -> anyio.abc.ByteStream: ...
 
 
@@ -57,12 +58,14 @@ async def dial(
     timeout: float = math.inf,
     proxy: ProxyURL | None = None,
     ip: str | None = None,
+    token: str | None = None,
 ) -> anyio.abc.ByteStream:
     """Connect to ``address`` within ``timeout`` seconds (TLS and any transport handshake
     included), with ``tls`` for ``tls://``/``wss://`` or the system defaults. OSError if the
     TCP connection fails, TimeoutError, TunnelTLSError if the TLS handshake does, HandshakeError
     (HandshakeRefused) if the transport's own handshake does. ``proxy``: through that HTTP
-    proxy's CONNECT (ForwardProxyError when it fails); ``ip``: dial this address of the name.
+    proxy's CONNECT (ForwardProxyError when it fails); ``ip``: dial this address of the name;
+    ``token``: the tunnel's, for a transport that binds its session to it (httpsock).
 
     Each dialler closes its socket on every way out, so a cancellation delivered as the
     connection completes cannot leak it.
@@ -71,7 +74,7 @@ async def dial(
     if dialler is None:
         raise ConfigError(f"no dialler for {address.scheme}:// in this helper")
     with anyio.fail_after(timeout):
-        return await dialler(address, tls, proxy=proxy, ip=ip)
+        return await dialler(address, tls, proxy=proxy, ip=ip, token=token)
 
 
 def _loopback(host: str) -> bool:

@@ -319,16 +319,24 @@ def _loopback(host: str) -> bool:
 
 
 def plaintext_token_warning(config: RouterConfig) -> str | None:
-    """Why tokens would cross the network in clear text with this config, or None."""
+    """Why tokens would cross the network in clear text with this config, or None: on the
+    tunnel port (unless ``none``), and on the front end when it takes tunnels."""
     if config.token is None and config.tokens is None:
         return None
-    if config.tunnel_tls_cert is not None:
-        return None
-    host, _ = parse_address(config.tunnel, allow_port_zero=True)
-    if _loopback(host):
-        return None
-    return (
-        f"tokens would travel in plain text: the tunnel port {config.tunnel} is not loopback "
-        "and has no TLS (give --tunnel-tls-cert and --tunnel-tls-key; backends then dial "
-        "tls://HOST:PORT)"
-    )
+    if config.tunnel.strip().lower() != "none" and config.tunnel_tls_cert is None:
+        host, _ = parse_address(config.tunnel, allow_port_zero=True)
+        if not _loopback(host):
+            return (
+                f"tokens would travel in plain text: the tunnel port {config.tunnel} is not "
+                "loopback and has no TLS (give --tunnel-tls-cert and --tunnel-tls-key; "
+                "backends then dial tls://HOST:PORT)"
+            )
+    if config.front_end_tunnels and config.tls_cert is None:
+        host, _ = parse_address(config.http, allow_port_zero=True)
+        if not _loopback(host):
+            return (
+                f"tokens would travel in plain text: the front end {config.http} takes tunnels "
+                "and has no TLS (give --tls-cert and --tls-key, backends then dial wss:// or "
+                "https://; or --no-front-end-tunnels)"
+            )
+    return None

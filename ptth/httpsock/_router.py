@@ -22,10 +22,13 @@ async def dial_router(
     *,
     proxy: ProxyURL | None = None,
     ip: str | None = None,
+    token: str | None = None,
 ) -> ClientStream:
     """An httpsock session with the router at ``address``; ``https://`` verifies it as
     ``tls://`` does. ``proxy`` is the helper's resolved forward proxy (the environment was
-    already consulted, so httpx does not read it again); ``ip``: this address of the name."""
+    already consulted, so httpx does not read it again); ``ip``: this address of the name.
+    ``token``: the tunnel's, sent as ``Authorization`` on every request, so the session is
+    bound to the tunnel's credentials (its token alone opens nothing)."""
     scheme = "https" if address.tls else "http"
     context = (tls or client_tls()).context if address.tls else None
     return await dial(
@@ -34,4 +37,5 @@ async def dial_router(
         trust_env=False,
         ssl_context=context,
         connect_ip=ip,
+        authorization=f"Bearer {token}" if token is not None else None,
     )

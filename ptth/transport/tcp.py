@@ -47,8 +47,10 @@ async def dial(
     *,
     proxy: ProxyURL | None = None,
     ip: str | None = None,
+    token: str | None = None,
 ) -> anyio.abc.ByteStream:
-    """The tunnel's byte stream for ``tcp://`` / ``tls://`` (system trust when ``tls`` is None)."""
+    """The tunnel's byte stream for ``tcp://`` / ``tls://`` (system trust when ``tls`` is None);
+    ``token`` is unused here: the handshake carries it."""
     return await connect(address.host, address.port, tls=tls_for(address, tls), proxy=proxy, ip=ip)
 
 

@@ -39,9 +39,11 @@ async def dial(
     *,
     proxy: ProxyURL | None = None,
     ip: str | None = None,
+    token: str | None = None,
 ) -> WebSocketStream:
     """The tunnel's byte stream over a WebSocket to ``address`` (``ws://`` or ``wss://``);
-    ``proxy`` and ``ip`` as for :func:`ptth.transport.tcp.connect`."""
+    ``proxy`` and ``ip`` as for :func:`ptth.transport.tcp.connect`; ``token`` is unused here:
+    the handshake inside carries it."""
     tls = tls_for(address, tls)
     sock = await connect(address.host, address.port, tls=tls, proxy=proxy, ip=ip)
     try:

@@ -212,3 +212,57 @@ async def test_several_workers_refuse_httpsock() -> None:
         assert isinstance(backend.error, HandshakeRefused) and backend.error.status == 403
         assert "one worker" in backend.error.reason
         nursery.cancel_scope.cancel()
+
+
+async def test_session_is_bound_to_the_tunnels_token() -> None:
+    """A helper with a token sends it as Authorization on every httpsock request, so the
+    session is bound to the tunnel's credentials: the session token and key seen on the wire,
+    replayed without that Authorization, open nothing (404, as a forged token)."""
+    seen = bytearray()
+
+    async def relay(target: int, task_status: trio.TaskStatus[int]) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+
+        async def handle(user: trio.SocketStream) -> None:
+            async with user, await trio.open_tcp_stream("127.0.0.1", target) as server:
+
+                async def pipe(a: trio.SocketStream, b: trio.SocketStream) -> None:
+                    try:
+                        async for data in a:
+                            seen.extend(data)
+                            await b.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await trio.aclose_forcefully(b)
+
+                async with trio.open_nursery() as both:
+                    both.start_soon(pipe, user, server)
+                    both.start_soon(pipe, server, user)
+
+        await trio.serve_listeners(handle, listeners)
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery, tunnel="none", token="s3cret")
+        port = await nursery.start(relay, router.addresses.http[1])
+        await start_backend(
+            nursery, make_hello_app("hs"), f"http://127.0.0.1:{port}", token="s3cret"
+        )
+        await router.wait_tunnels(1)
+        requests = [r for r in bytes(seen).split(b"\r\n\r\n") if b"/.well-known/ptth/socket" in r]
+        assert requests and all(
+            b"authorization: Bearer s3cret" in r.lower().replace(b"bearer", b"Bearer")
+            for r in requests
+            if r.startswith((b"GET", b"PUT", b"POST"))
+        )
+        session = re.search(rb"x-session: ([A-Za-z0-9_-]+)", bytes(seen), re.IGNORECASE)
+        key = re.search(rb"x-session-key: ([A-Za-z0-9_-]+)", bytes(seen), re.IGNORECASE)
+        assert session is not None and key is not None
+        url = f"{router.url}/.well-known/ptth/socket/{session.group(1).decode()}"
+        headers = {"x-session-key": key.group(1).decode(), "x-content-length": "0"}
+        async with httpx.AsyncClient(timeout=10) as client:
+            stolen = await client.get(url, headers=headers)
+            assert stolen.status_code == 404, stolen.text
+        nursery.cancel_scope.cancel()

@@ -6,6 +6,7 @@ Certificates come from ``trustme`` (written to ``tmp_path``); all traffic is on 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -485,6 +486,12 @@ def test_router_warns_when_tokens_would_travel_in_plain_text(
     assert not messages(caplog, "plain text")
     assert plaintext_token_warning(RouterConfig(tunnel="router.example:1", token="t"))
     assert plaintext_token_warning(RouterConfig(tunnel=":::1", token="t")) is not None
+    # Tunnels on the front end: its own TLS counts; `--tunnel none` is no tunnel port at all.
+    assert plaintext_token_warning(RouterConfig(tunnel="none", token="t")) is None
+    public = RouterConfig(tunnel="none", http="0.0.0.0:8888", token="t")
+    assert "--no-front-end-tunnels" in (plaintext_token_warning(public) or "")
+    closed = dataclasses.replace(public, tunnel="127.0.0.1:8887", front_end_tunnels=False)
+    assert plaintext_token_warning(closed) is None
 
 
 @pytest.mark.timeout(20)
