@@ -27,6 +27,7 @@ from ptth.errors import (
     TunnelError,
 )
 from ptth.groups import unwrap
+from ptth.logs import tunnel_fields
 from ptth.proto.fields import declared_length
 from ptth.proto.headers import clean_trailers, from_tunnel_response, to_tunnel_request
 
@@ -201,7 +202,11 @@ async def _forward(ctx: ProxyContext, exchange: Exchange, host: str, outcome: _O
             if not retry or attempt == MAX_ATTEMPTS - 1:
                 raise BadGateway(f"backend reset the stream (code {exc.error_code})") from None
             tried.add(tunnel.tunnel_id)
-            log.info("tunnel %s refused the stream; retrying elsewhere", tunnel.tunnel_id)
+            log.info(
+                "tunnel %s refused the stream; retrying elsewhere",
+                tunnel.tunnel_id,
+                extra=tunnel_fields(tunnel.tunnel_id, tunnel.registration.instance, route.service),
+            )
 
 
 async def _acquire(

@@ -33,6 +33,7 @@ from ptth.errors import (
     StreamReset,
     TunnelError,
 )
+from ptth.logs import tunnel_fields
 from ptth.proto.fields import Headers
 from ptth.proto.headers import from_tunnel_response, to_tunnel_request
 from ptth.proto.ws_frames import (
@@ -300,7 +301,11 @@ async def _forward(
             if not exc.refused or attempt == MAX_ATTEMPTS - 1:
                 raise BadGateway(f"backend reset the stream (code {exc.error_code})") from None
             tried.add(tunnel.tunnel_id)
-            log.info("tunnel %s refused the WebSocket; retrying elsewhere", tunnel.tunnel_id)
+            log.info(
+                "tunnel %s refused the WebSocket; retrying elsewhere",
+                tunnel.tunnel_id,
+                extra=tunnel_fields(tunnel.tunnel_id, tunnel.registration.instance, route.service),
+            )
 
 
 async def _session(

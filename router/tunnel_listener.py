@@ -336,6 +336,7 @@ class TunnelListener:
                 tunnel.identity.owner,
                 tunnel.registration.instance or "-",
                 reason,
+                extra=_fields(tunnel, "revoked"),
             )
             self.registry.remove(tunnel, keep_claims=False)
             event = self._revoked.get(tunnel.tunnel_id)
@@ -503,6 +504,7 @@ class TunnelListener:
                         tunnel_id,
                         offered,
                         tunnel.stream_cap,
+                        extra=_fields(tunnel),
                     )
                 log.info(
                     "tunnel %s: registered service=%s hosts=%s prefix=%s weight=%g "
