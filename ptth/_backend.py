@@ -44,7 +44,8 @@ from .errors import (
 from .groups import unwrap
 from .identity import certificate_fingerprint, load_or_create
 from .logs import drain_summary, tunnel_fields
-from .proto.address import RouterAddress, parse_address, parse_router_address
+from .metrics import HelperMetrics, TunnelView, failure_reason, serve_metrics
+from .proto.address import RouterAddress, format_address, parse_address, parse_router_address
 from .proto.connect import ProxyURL, proxy_for
 from .proto.handshake import ClientHandshake, Registration, WorkerInfo
 from .proto.headers import parse_request_block
@@ -127,6 +128,8 @@ class BackendOptions:
     # A router name that resolves to several addresses: each is dialled as a router, and the
     # name is looked up again this often (and after a failed dial, at most once a second).
     resolve_interval: float = 30.0
+    # HOST:PORT for this helper's own Prometheus metrics (ptth.metrics); None: not served.
+    metrics: str | None = None
 
 
 class _Backend:
@@ -180,6 +183,10 @@ class _Backend:
         # Live tunnels per target (router, or one address of a router name), with their
         # capacities; extras still dialling.
         self._by_router: dict[Target, dict[Connection, int]] = {}
+        self.metrics = (
+            HelperMetrics(self._tunnel_views, options.instance) if options.metrics else None
+        )
+        self.metrics_address: tuple[str, int] | None = None  # bound, once serving
         self._dialling: dict[Target, int] = {}
         self._handshake_slots: dict[Target, anyio.Semaphore] = {}
         self._connectors: anyio.abc.TaskGroup | None = None
@@ -305,10 +312,14 @@ class _Backend:
                     log.error("%s; not retrying: %s", failure, hint)
                     raise
                 retry_after = exc.retry_after
+                if self.metrics is not None:
+                    self.metrics.dial_failed(str(target), failure_reason(exc))
                 if exc.status == 409:
                     note = " (the holder's claim may expire)"
             except (OSError, PTTHError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
                 failure = _describe_failure(router, exc)
+                if self.metrics is not None:
+                    self.metrics.dial_failed(str(target), failure_reason(exc))
             except Exception:
                 log.exception("router %s: unexpected error; reconnecting", router)
             backoff.disconnected(anyio.current_time())
@@ -418,10 +429,15 @@ class _Backend:
             self._maybe_scale(target, accepted.worker)
             kind = int((b":protocol", b"websocket") in (stream.headers or ()))
             self.serving[kind] += 1
+            metrics = self.metrics
+            if metrics is not None:
+                metrics.stream_started(bool(kind))
             try:
                 await serve_stream(stream)
             finally:
                 self.serving[kind] -= 1
+                if metrics is not None:
+                    metrics.stream_finished(bool(kind), stream.sent_status)
 
         tunnel = Connection(
             sock,
@@ -444,6 +460,8 @@ class _Backend:
             ),
         )
         self.tunnels.add(tunnel)
+        if self.metrics is not None:
+            self.metrics.tunnel_registered(str(target))
         group = self._by_router.setdefault(target, {})
         group[tunnel] = capacity
         self.workers.track(tunnel, accepted.worker)
@@ -576,6 +594,11 @@ class _Backend:
                 outer.cancel_scope.cancel()
 
             outer.start_soon(run_connectors)
+            if self.metrics is not None and self.options.metrics:
+                self.metrics_address = await outer.start(
+                    serve_metrics, self.metrics, self.options.metrics
+                )
+                log.info("metrics on http://%s/metrics", format_address(*self.metrics_address))
             task_status.started()
             try:
                 await anyio.sleep_forever()
@@ -583,6 +606,13 @@ class _Backend:
                 with anyio.CancelScope(shield=True):
                     await self.drain()
                     work.cancel()
+
+    def _tunnel_views(self) -> list[TunnelView]:
+        return [
+            TunnelView(str(target), tunnel.tunnel_id, tunnel.open_streams, tunnel.rtt)
+            for target, group in self._by_router.items()
+            for tunnel in group
+        ]
 
 
 async def _resolver(host: str, port: int) -> list[str]:

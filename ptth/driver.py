@@ -89,6 +89,11 @@ class Stream:
         return self.state.trailers
 
     @property
+    def sent_status(self) -> int | None:
+        """The final response status this side sent, if any (1xx are not final)."""
+        return self.state.sent_status
+
+    @property
     def received_end(self) -> bool:
         return self.state.received_end
 

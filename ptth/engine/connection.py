@@ -427,6 +427,10 @@ class Engine:
             self._conn.send_headers(state.stream_id, headers, end_stream=end_stream)
         except h2.exceptions.StreamClosedError as exc:
             raise state.error or StreamReset(ErrorCodes.STREAM_CLOSED) from exc
+        if state.sent_status is None and headers and headers[0][0] == b":status":
+            status = int(headers[0][1])
+            if status >= 200 or status == 101:
+                state.sent_status = status
         if end_stream:
             self._sent_end(state)
 

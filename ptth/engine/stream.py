@@ -33,6 +33,7 @@ class StreamState:
         "queued",
         "received_end",
         "sent_end",
+        "sent_status",
         "stream_id",
         "trailers",
         "trailers_queued",
@@ -49,6 +50,7 @@ class StreamState:
         self.buffered = 0  # received body bytes not yet read
         self.received_end = False
         self.sent_end = False  # END_STREAM has been framed (not merely queued)
+        self.sent_status: int | None = None  # the final response's status, once sent (metrics)
         self.error: TunnelError | None = None
         self._out: deque[memoryview] = deque()
         self.queued = 0  # body bytes accepted by send_data and not yet framed
