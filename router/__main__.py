@@ -16,7 +16,7 @@ from ptth.errors import PTTHError
 from ptth.proto.handshake import WorkerInfo
 
 from . import worker_process
-from .config import load_config
+from .config import load_router, print_config
 from .server import Router
 from .workers import supervise, worker_count
 
@@ -62,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     worker_args, argv = _worker_arguments().parse_known_args(argv)
     try:
-        config = load_config(argv)
+        config, wants_print = load_router(argv)
+        if wants_print:
+            sys.stdout.write(print_config(config))
+            return 0
         context = _worker_context(worker_args) if worker_args.worker_id else None
     except (PTTHError, ValueError) as exc:
         print(f"router: {exc}", file=sys.stderr)

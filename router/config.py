@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
+from ptth import settings
 from ptth.errors import ConfigError
+from ptth.settings import Spec
 
-__all__ = ["RouterConfig", "build_parser", "load_config"]
+__all__ = ["ROUTER", "RouterConfig", "build_parser", "load_config", "load_router"]
 
 # Bounded so that a helper's Ptth-Covered-Workers list (about 15 bytes a worker) stays well
 # inside the 16 KiB handshake head (ARCHITECTURE.md, "Several cores").
@@ -251,100 +249,59 @@ _HELP = {
 }
 
 
-def _coerce(name: str, value: Any) -> Any:
-    field = {f.name: f for f in fields(RouterConfig)}[name]
-    kind = str(field.type)
-    try:
-        if name == "default_service":
-            text = str(value).strip()
-            return None if text.lower() in ("", "none", "off") else text
-        if name in ("trusted_proxies", "reserved_hosts"):
-            items = value if isinstance(value, list | tuple) else str(value).split(",")
-            return tuple(str(item).strip() for item in items if str(item).strip())
-        if kind.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError(text)
-            return text in ("1", "true", "yes", "on")
-        if kind.startswith("str | None"):
-            text = str(value).strip()
-            return None if text.lower() in ("", "none") else text
-        if kind.startswith("float"):
-            return float(value)
-        if kind.startswith("int"):
-            return int(value)
-        return None if value is None else str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"invalid value for {name}: {value!r}") from None
+ROUTER = Spec(
+    program="router",
+    model=RouterConfig,
+    help=_HELP,
+    description="ptth router: backends dial in on the tunnel port, users call the front end.",
+    choices={"log_format": ("human", "json")},
+    positive=frozenset(
+        (
+            "response_timeout",
+            "queue_timeout",
+            "ping_interval",
+            "dead_after",
+            "request_body_timeout",
+            "max_in_flight",
+            "header_timeout",
+            "keepalive_timeout",
+            "write_timeout",
+            "max_requests_per_connection",
+            "max_connections",
+            "max_connections_per_client",
+            "max_header_fields",
+            "max_header_size",
+            "max_concurrent_streams",
+        )
+    ),
+    non_negative=frozenset(
+        ("max_body_size", "min_body_rate", "max_in_flight_per_client", "rate_limit")
+    ),
+    secrets=frozenset(("token",)),
+    none_words={"default_service": ("", "none", "off")},
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m router",
-        description="ptth router: backends dial in on the tunnel port, users call the front end.",
-        epilog="Every flag also reads PTTH_<NAME> from the environment and <name> from --config.",
-    )
-    p.add_argument(
-        "--config", help="TOML file with any of the settings below (keys as flag names, '_' or '-')"
-    )
-    defaults = RouterConfig()
-    for field in fields(RouterConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        env = "PTTH_" + field.name.upper()
-        if isinstance(default, bool):
-            # "--flag" alone or "--flag true|false", and "--no-flag".
-            p.add_argument(
-                flag,
-                dest=field.name,
-                default=None,
-                nargs="?",
-                const="true",
-                help=f"{_HELP[field.name]} (default: {default}; env {env})",
-            )
-            p.add_argument(
-                "--no-" + flag[2:],
-                dest=field.name,
-                action="store_const",
-                const="false",
-                help=argparse.SUPPRESS,
-            )
-            continue
-        p.add_argument(
-            flag,
-            dest=field.name,
-            default=None,
-            help=f"{_HELP[field.name]} (default: {default}; env {env})",
-        )
-    return p
+    return settings.build_parser(ROUTER)
 
 
 def load_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> RouterConfig:
-    args = build_parser().parse_args(argv)
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    if args.config:
-        try:
-            with open(args.config, "rb") as f:
-                data = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {args.config}: {exc}") from exc
-        data = data.get("router", data)
-        known = {f.name for f in fields(RouterConfig)}
-        for key, value in data.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"unknown setting {key!r} in {args.config}")
-            values[name] = _coerce(name, value)
-    for field in fields(RouterConfig):
-        env_value = environ.get("PTTH_" + field.name.upper())
-        if env_value is not None:
-            values[field.name] = _coerce(field.name, env_value)
-        flag_value = getattr(args, field.name)
-        if flag_value is not None:
-            values[field.name] = _coerce(field.name, flag_value)
-    return dataclasses.replace(RouterConfig(), **values)
+    """Defaults < TOML (``--config``) < ``PTTH_*`` < flags (ptth/settings.py)."""
+    config, _ = load_router(argv, environ)
+    return config
+
+
+def load_router(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[RouterConfig, bool]:
+    """The configuration, and whether ``--print-config`` was asked for."""
+    config, args = settings.load(ROUTER, argv, environ)
+    assert isinstance(config, RouterConfig)
+    return config, bool(args.print_config)
+
+
+def print_config(config: RouterConfig) -> str:
+    return settings.to_toml(ROUTER, config)
