@@ -112,3 +112,68 @@ def test_readme_cites_existing_architecture_sections() -> None:
     assert cited, "README.md cites no ARCHITECTURE.md section"
     broken = sorted(re.sub(r"\s+", " ", n) for n in cited if re.sub(r"\s+", " ", n) not in known)
     assert not broken, f"README.md cites ARCHITECTURE.md sections that do not exist: {broken}"
+
+
+# Where the router's own statuses are written: every call of a response helper with a literal
+# status, and every literal assigned to a ``status``. ptth/errors.py holds the ProxyError and
+# HandshakeError classes; the handshake and httpsock modules answer on the router's ports.
+STATUS_SOURCES = ("ptth/errors.py", "ptth/proto/handshake.py", "ptth/httpsock/_server.py")
+STATUS_CALL = re.compile(
+    r"\b(?:HandshakeRefused|HeadError|_Refused|Reply|_refuse|refuse|_constant_refusal|_answer"
+    r"|_error_bytes|_text|Response|PutAnswer|GetAnswer|InformationalResponse|h11\.Response)"
+    r"\(\s*(?:[a-z_]+,\s*)?(?:status_code=)?([1-5]\d\d)\b"
+)
+STATUS_SET = re.compile(r"\b(?:status(?:_code)?\s*(?::\s*int\s*)?=\s*|status or )([1-5]\d\d)\b")
+
+
+def without_comments(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+def emitted_statuses() -> dict[int, str]:
+    """Each status the router's code can send (or log, 499), with one place that does."""
+    paths = sorted((ROOT / "router").rglob("*.py")) + [ROOT / p for p in STATUS_SOURCES]
+    paths.append(ROOT / "ptth/httpsock/protocol.py")
+    found: dict[int, str] = {}
+    for path in paths:
+        text = without_comments(path.read_text())
+        for match in (*STATUS_CALL.finditer(text), *STATUS_SET.finditer(text)):
+            where = f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}"
+            found.setdefault(int(match.group(1)), where)
+    # The HTTP/1.1 front end answers h11's parse errors with the status h11 suggests.
+    http1 = (ROOT / "router/frontend/http1.py").read_text()
+    if "error_status_hint" in http1:
+        import h11
+
+        for source in Path(h11.__file__).parent.glob("*.py"):
+            for hint in re.findall(r"error_status_hint=(\d{3})", source.read_text()):
+                found.setdefault(int(hint), f"h11 ({source.name}), via router/frontend/http1.py")
+    return found
+
+
+def readme_statuses() -> set[int]:
+    """The first column of the table under README.md's "Status codes" heading."""
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Status codes"))
+    found = set()
+    for line in lines[start + 1 :]:
+        if line.startswith("## "):
+            break
+        found.update(int(s) for s in re.findall(r"^\| (\d{3})\b", line))
+    return found
+
+
+def test_the_scan_finds_the_statuses_it_must() -> None:
+    emitted = emitted_statuses()
+    # One of each way a status is written: a ProxyError class, a handshake refusal, a front-end
+    # head error, h11's hint, the access log's 499, an admin reply.
+    assert {504, 409, 505, 501, 499, 500} <= set(emitted), emitted
+
+
+def test_every_status_the_router_sends_is_in_the_readme() -> None:
+    emitted = emitted_statuses()
+    documented = readme_statuses()
+    missing = {s: emitted[s] for s in sorted(set(emitted) - documented)}
+    assert not missing, f"statuses the router sends that README.md's table lacks: {missing}"
+    stale = documented - set(emitted)
+    assert not stale, f"README.md's status table lists statuses no code sends: {sorted(stale)}"
