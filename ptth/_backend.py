@@ -700,7 +700,9 @@ async def serve(
     directory; or a directory), made on first use; ``client_cert``/``client_key`` present given
     files instead. ``proxy`` (``http://[user:password@]host:port``) reaches every router
     through that proxy's HTTP CONNECT; by default ``HTTPS_PROXY`` (tls://), ``HTTP_PROXY`` and
-    ``NO_PROXY`` are honoured, and ``proxy=""`` dials directly whatever they say. Raises
+    ``NO_PROXY`` are honoured, and ``proxy=""`` dials directly whatever they say.
+    ``options`` (a :class:`BackendOptions`) is the alternative to these keywords: giving it with
+    a keyword that is not at its default raises :class:`~ptth.errors.ConfigError`. Raises
     :class:`~ptth.errors.HandshakeRefused` when a router refuses for good (400/401/403)
     and :class:`~ptth.errors.LifespanError` when startup fails.
     """
@@ -726,6 +728,26 @@ async def serve(
     await run_backend(app, addresses, options, task_status=task_status)
 
 
+# The keyword defaults of serve / serve_upstream: a keyword that differs next to options= clashes.
+_KEYWORD_DEFAULTS: dict[str, object] = dict(
+    service="default",
+    hosts=(),
+    path_prefix=None,
+    token=None,
+    connections=1,
+    max_concurrent_streams=1000,
+    max_connections=0,
+    weight=1.0,
+    strip_prefix=False,
+    ca_file=None,
+    ssl_context=None,
+    identity=False,
+    client_cert=None,
+    client_key=None,
+    proxy=None,
+)
+
+
 def resolve_arguments(
     router_addr: str | Sequence[str],
     options: BackendOptions | None,
@@ -748,12 +770,38 @@ def resolve_arguments(
 ) -> tuple[list[str], BackendOptions]:
     """The router addresses and options that ``serve`` and ``serve_upstream`` were given, checked.
 
-    ``options``, when given, is used as it is and the registration keywords are ignored
-    (``connections`` is still checked).
+    ``options`` and the other keywords are alternatives: a keyword that differs from its
+    default next to ``options`` is a :class:`ConfigError` (it would otherwise be ignored).
     """
     addresses = [router_addr] if isinstance(router_addr, str) else list(router_addr)
     if not addresses:
         raise ConfigError("at least one router address is required")
+    if options is not None:
+        given = dict(
+            service=service,
+            hosts=tuple(hosts),
+            path_prefix=path_prefix,
+            token=token,
+            connections=connections,
+            max_concurrent_streams=max_concurrent_streams,
+            max_connections=max_connections,
+            weight=weight,
+            strip_prefix=strip_prefix,
+            ca_file=ca_file,
+            ssl_context=ssl_context,
+            identity=identity,
+            client_cert=client_cert,
+            client_key=client_key,
+            proxy=proxy,
+        )
+        clashing = sorted(k for k, v in given.items() if v != _KEYWORD_DEFAULTS[k])
+        if clashing:
+            raise ConfigError(
+                "give options= or keyword arguments, not both: "
+                + ", ".join(clashing)
+                + " would be ignored (set them in BackendOptions)"
+            )
+        connections = options.connections
     if connections < 1:
         raise ConfigError("connections must be at least 1")
     if options is None:

@@ -121,10 +121,70 @@ _HELP = {
     "log_format": "log line format: human, or json (one object per line)",
 }
 
+# The README's flag tables (python -m ptth.settings --update-readme README.md); else _HELP.
+_DOCS = {
+    "router": (
+        "router tunnel address: `HOST:PORT` or `tcp://HOST:PORT` (plain), `tls://HOST:PORT`, "
+        "`ws://HOST:PORT[/path]`, `wss://HOST:PORT[/path]`; repeat for several (env "
+        "`PTTH_ROUTER`, comma-separated)"
+    ),
+    "ca_file": "`tls://`: trust the CAs in this PEM file instead",
+    "identity": (
+        "`tls://`: present this helper's key identity, made on first use in `DIR` (default "
+        "`$XDG_CONFIG_HOME/ptth/identity`)"
+    ),
+    "client_cert": "`tls://`: present this client certificate (PEM) instead of `--identity`",
+    "proxy": (
+        "reach the routers through this HTTP proxy's `CONNECT`: "
+        "`http://[USER:PASSWORD@]HOST:PORT`; `none` dials directly (below)"
+    ),
+    "service": "service name to register",
+    "hosts": "host name to claim (repeatable); `*.example.com` allowed",
+    "path_prefix": "path prefix to claim, e.g. `/api`",
+    "strip_prefix": (
+        "the router cuts the matched `--path-prefix` from request paths and sends it as "
+        "`X-Forwarded-Prefix` (see below)"
+    ),
+    "root_path": (
+        "ASGI `root_path`, as uvicorn's `--root-path`: the prefix a proxy in front of the "
+        "router already removed (app mode only)"
+    ),
+    "token": "bearer token for the router",
+    "connections": "tunnels to keep open to each router (to each of its workers, with `--workers`)",
+    "max_streams": "max concurrent requests per tunnel (each WebSocket holds one)",
+    "max_connections": (
+        "tunnels at most per router (per worker, with `--workers`): extras open when every "
+        "tunnel is over 80 % full, close when idle"
+    ),
+    "loop": (
+        "event loop for the app: `auto` (uvloop if installed, else asyncio), `asyncio`, "
+        "`uvloop`, `trio`"
+    ),
+    "weight": "relative share of traffic",
+    "instance": "instance id, stable across reconnects",
+    "drain_timeout": "time to finish in-flight requests on shutdown",
+    "log_level": "logging level",
+    "log_format": '`human` lines, or `json`: one object per line (see "Logs")',
+    "to": (
+        "agent mode: forward every request to the server at `URL` instead of an app: "
+        "`http://HOST:PORT` (HTTP/1.1, WebSockets by Upgrade) or `h2c://HOST:PORT` (HTTP/2 "
+        "prior knowledge, e.g. gRPC)"
+    ),
+    "app": "`MODULE:ATTRIBUTE` (`MODULE` alone means `MODULE:app`); omit with `--to`",
+}
+
+
 PTTH = Spec(
     program="ptth",
     model=PtthConfig,
     help=_HELP,
+    docs=_DOCS,
+    default_text={
+        "proxy": "HTTPS_PROXY / HTTP_PROXY minus NO_PROXY",
+        "ca_file": "system trust store",
+        "max_connections": "0 (four times connections)",
+        "instance": "<host>-<pid>-<random>",
+    },
     description="Serve an ASGI app through ReverseHTTP tunnels dialled out to a ptth router, "
     "or (agent mode, --to) forward them to a local server written in any language.",
     flags={"hosts": "--host"},

@@ -38,6 +38,7 @@ class Spec:
     program: str  # "router" or "ptth": the prog name, the TOML table, the docs' marker
     model: type[Any]
     help: Mapping[str, str]
+    docs: Mapping[str, str] = field(default_factory=dict)  # README meaning, if not the help
     prog: str = ""
     description: str = ""
     flags: Mapping[str, str] = field(default_factory=dict)  # field -> flag, if not --field-name
@@ -282,8 +283,8 @@ def example_toml(spec: Spec) -> str:
         f"# python -m {spec.program} --config examples/{spec.program}.toml",
         "# Every key with its default (generated: python -m ptth.settings --example "
         f"{spec.program}).",
-        f"# Each key is also a flag ({spec.flag(spec.names()[-1])}) and a variable "
-        f"({spec.env(spec.names()[-1])}).",
+        "# Each key some_name is also the flag --some-name and the variable PTTH_SOME_NAME;",
+        "# precedence: defaults < this file < environment < flags. Unset keys are comments.",
         f"[{spec.program}]",
     ]
     for name in spec.names():
@@ -315,7 +316,8 @@ def markdown_flags(spec: Spec) -> str:
         if spec.kind(name).startswith("bool") and name not in spec.optional_value:
             flag += f" / `--no-{spec.flag(name)[2:]}`"
         default = spec.default_text.get(name, _show(getattr(defaults, name)))
-        rows.append(f"| {flag} | `{_cell(default)}` | {_cell(spec.help[name])} |")
+        meaning = spec.docs.get(name, spec.help[name])
+        rows.append(f"| {flag} | `{_cell(default)}` | {_cell(meaning)} |")
     return "\n".join(rows) + "\n"
 
 

@@ -249,10 +249,129 @@ _HELP = {
 }
 
 
+# The README's flag tables (python -m ptth.settings --update-readme README.md); else _HELP.
+_DOCS = {
+    "http": (
+        "front end address: HTTP/1.1 and HTTP/2 (prior knowledge) on one port; HTTPS with "
+        "`--tls-cert`"
+    ),
+    "tunnel": (
+        "tunnel port, where backends dial in; `none`: no separate port (backends dial the front"
+        " end)"
+    ),
+    "httpsock_path": (
+        "where the front end serves httpsock tunnels (`http://`, `https://`: socket over plain "
+        "HTTP)"
+    ),
+    "token": "require `Authorization: Bearer TOKEN` on the tunnel port (one shared identity)",
+    "tokens": (
+        "TOML file of identities (`[[token]]` with `name`, `token` or `token_sha256`, "
+        "`services`, `hosts`), see `examples/tokens.toml`; each may claim only its services and"
+        " hosts (403); reloaded on SIGHUP, revoked tunnels drained"
+    ),
+    "domain": (
+        "a backend presenting a TLS client certificate gets `<key label>.<domain>` with no "
+        "other configuration"
+    ),
+    "reserved_hosts": (
+        "comma-separated hosts no backend may claim, besides the router's own (its listening "
+        "hosts, `localhost`, the domain)"
+    ),
+    "response_timeout": (
+        "wait for response headers, counted from the end of the request body, then 504"
+    ),
+    "response_idle_timeout": (
+        "a response body may stall this long (backend silent, or user not reading) before it is"
+        " aborted"
+    ),
+    "default_service": "catch-all service for unmatched requests (`none` turns it off: 404)",
+    "grace": "a claim keeps routing (503) after its last tunnel dropped",
+    "queue_timeout": "a request waits this long when every tunnel is at its stream limit",
+    "drain_timeout": (
+        "let in-flight requests finish on shutdown; also how long a backend that sent GOAWAY "
+        "may keep streams open before the router closes its tunnel"
+    ),
+    "handshake_timeout": "a new tunnel connection must finish its handshake; then 408 and close",
+    "max_streams_per_tunnel": (
+        "cap on concurrent streams per tunnel: the router follows the backend's limit up to "
+        "this, logs when it caps, and tells the helper (which then opens extra tunnels sooner)"
+    ),
+    "max_tunnels": "cap on registered tunnels",
+    "outlier_failures": (
+        "a tunnel whose last this many streams failed (reset, tunnel lost, 504, malformed "
+        "response) leaves rotation; `0` = off"
+    ),
+    "trusted_proxies": "comma-separated client IPs whose `X-Forwarded-*` and `Forwarded` are kept",
+    "max_in_flight": "router-wide cap on requests in flight; above it: 503 at once, no queueing",
+    "log_level": "logging level",
+    "log_format": '`human` lines, or `json`: one object per line (see "Logs")',
+    "access_log": "one log line per request",
+    "workers": (
+        "worker processes sharing both ports (`auto`: one per core); every backend holds a "
+        'tunnel to each (see "Several cores" below)'
+    ),
+    "reuse_port": (
+        "with several workers, each its own listening sockets (`SO_REUSEPORT`: the kernel "
+        "spreads connections); `false`: one socket shared by all"
+    ),
+    "admin": (
+        "the admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/status` and the status "
+        'page (see "Operations: metrics, health and the status page"); `none` turns it off; '
+        "refused on the front end's or tunnel port; a port that cannot be bound is logged and "
+        "the router serves without it; with `--workers N`, worker *i* listens on the port plus "
+        "*i*"
+    ),
+    "inspect_bodies": (
+        "the status page's request inspector also keeps the first 4 KiB of each request and "
+        "response body (off: bodies are never captured)"
+    ),
+    "inspector_size": "requests the inspector remembers",
+    "header_timeout": (
+        "a request head must be complete this long after its first byte (the first head: after "
+        "the connection opened); slowloris connections close then"
+    ),
+    "keepalive_timeout": (
+        "an idle user connection (HTTP/1.1 between requests, HTTP/2 with no stream) is closed "
+        "after it"
+    ),
+    "request_body_timeout": "a request body may stall this long between chunks, then 408",
+    "min_body_rate": (
+        "after its first 10 s a request body must average this rate, else 408 (`0` = off)"
+    ),
+    "max_body_size": (
+        "request body limit in bytes; over it: 413 before any backend is contacted when "
+        "Content-Length says so, else the stream is aborted at the limit; unlimited bodies "
+        "stream with memory bounded by flow control"
+    ),
+    "write_timeout": (
+        "one write to a user may block this long (a full socket), then the connection is closed"
+    ),
+    "max_requests_per_connection": (
+        "then HTTP/1.1 answers with `Connection: close` and HTTP/2 sends a graceful GOAWAY "
+        "(in-flight streams finish)"
+    ),
+    "max_in_flight_per_client": "requests in flight from one address (`0` = no cap); over it: 503",
+    "max_concurrent_streams": (
+        "streams per HTTP/2 user connection (SETTINGS_MAX_CONCURRENT_STREAMS)"
+    ),
+    "tls_cert": (
+        "PEM certificate chain (with `--tls-key`): the front end speaks TLS (1.2+), ALPN `h2` "
+        "and `http/1.1`; `kill -HUP` reloads both without dropping connections (a reload that "
+        "fails keeps the old pair and logs why)"
+    ),
+    "tunnel_tls_cert": (
+        "TLS on the tunnel port (with `--tunnel-tls-key`; backends dial `tls://HOST:PORT`); "
+        "reloaded on SIGHUP"
+    ),
+}
+
+
 ROUTER = Spec(
     program="router",
     model=RouterConfig,
     help=_HELP,
+    docs=_DOCS,
+    default_text={"max_body_size": "0 (unlimited)"},
     description="ptth router: backends dial in on the tunnel port, users call the front end.",
     choices={"log_format": ("human", "json")},
     positive=frozenset(
