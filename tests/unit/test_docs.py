@@ -177,3 +177,12 @@ def test_every_status_the_router_sends_is_in_the_readme() -> None:
     assert not missing, f"statuses the router sends that README.md's table lacks: {missing}"
     stale = documented - set(emitted)
     assert not stale, f"README.md's status table lists statuses no code sends: {sorted(stale)}"
+
+
+def test_architecture_cites_existing_readme_sections() -> None:
+    known = headings(README)
+    text = ARCHITECTURE.read_text()
+    cited = {re.sub(r"\s+", " ", m) for m in re.findall(r'README(?:\.md)?,?\s*\(?"([^"]+)"', text)}
+    assert cited, "ARCHITECTURE.md cites no README section"
+    broken = sorted(c for c in cited if c not in known)
+    assert not broken, f"ARCHITECTURE.md cites README.md sections that do not exist: {broken}"
