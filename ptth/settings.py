@@ -29,6 +29,7 @@ __all__ = ["Spec", "build_parser", "example_toml", "load", "markdown_keys", "mar
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 MASK = "***"
+PROGRAMS = ("router", "ptth")  # the TOML tables: [router], [ptth]
 
 
 @dataclass(frozen=True)
@@ -189,15 +190,20 @@ def build_parser(spec: Spec) -> argparse.ArgumentParser:
 
 
 def read_toml(spec: Spec, path: str) -> dict[str, Any]:
-    """The settings in ``path`` (top level, or a ``[router]`` / ``[ptth]`` table), checked."""
+    """The settings in ``path`` (top level, or this program's ``[router]`` / ``[ptth]`` table),
+    checked."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    table = data.get(spec.program)
-    if isinstance(table, dict):
-        data = table
+    # One file may hold both programs' tables; each reads its own and skips the other's.
+    tables = {k for k, v in data.items() if k in PROGRAMS and isinstance(v, dict)}
+    if tables:
+        extra = sorted(set(data) - tables)
+        if extra:
+            raise ConfigError(f"unknown setting {extra[0]!r} in {path} (outside the tables)")
+        data = data.get(spec.program, {})
     known = set(spec.names())
     values: dict[str, Any] = {}
     for key, value in data.items():

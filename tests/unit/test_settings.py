@@ -330,3 +330,17 @@ def test_replace_blocks_detects_a_drifted_table() -> None:
     assert "`--max-streams`" in new
     with pytest.raises(ConfigError, match="markers"):
         settings.replace_blocks("no markers", {"flags:ptth": ""})
+
+
+@pytest.mark.timeout(10)
+def test_one_file_holds_both_programs_tables(tmp_path: Path) -> None:
+    path = write(tmp_path, '[router]\ntoken = "t"\n\n[ptth]\ntoken = "t"\nrouter = "r:1"\n')
+    assert load_config(["--config", path], {}).token == "t"
+    config, _ = load_ptth(["--config", path], {})
+    assert (config.token, config.router) == ("t", ("r:1",))
+    # A ptth file with only the router table: nothing for ptth, its defaults.
+    path = write(tmp_path, '[router]\ntoken = "t"\n')
+    assert load_ptth(["--config", path], {})[0] == PtthConfig()
+    path = write(tmp_path, 'stray = 1\n[router]\ntoken = "t"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'stray'"):
+        load_config(["--config", path], {})
