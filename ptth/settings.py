@@ -319,6 +319,8 @@ def markdown_flags(spec: Spec) -> str:
     rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
     for name in spec.names():
         flag = f"`{spec.flag(name)}`"
+        if name in spec.optional_value and name in spec.metavars:
+            flag = f"`{spec.flag(name)} [{spec.metavars[name]}]`"  # the flag alone works too
         if spec.kind(name).startswith("bool") and name not in spec.optional_value:
             flag += f" / `--no-{spec.flag(name)[2:]}`"
         default = spec.default_text.get(name, _show(getattr(defaults, name)))

@@ -319,7 +319,7 @@ def test_readme_tables_match_the_model() -> None:
         for name in spec.names():
             assert f"`{spec.env(name)}`" in readme
             if name not in spec.positional:
-                assert f"`{spec.flag(name)}`" in readme
+                assert f"| `{spec.flag(name)}" in readme
 
 
 @pytest.mark.timeout(10)
