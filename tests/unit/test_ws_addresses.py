@@ -21,7 +21,8 @@ def test_ws_addresses_take_a_path_with_a_default() -> None:
     custom = parse_router_address("wss://[::1]:443/tunnels/ws")
     assert custom.tls and custom.target == "/tunnels/ws" and custom.host == "::1"
     assert str(custom) == "wss://[::1]:443/tunnels/ws"
-    assert parse_router_address("tcp://h:1").target == ""
+    # tcp:// and tls:// take a path too: the handshake's target (a moved --tunnel-path).
+    assert parse_router_address("tcp://h:1").target == "/.well-known/ptth"
     assert {a.transport for a in map(parse_router_address, ["h:1", "tls://h:1"])} == {"tcp"}
     assert {"tcp", "ws"} <= set(DIALLERS)
 
@@ -34,7 +35,7 @@ def test_ws_addresses_take_a_path_with_a_default() -> None:
         ("ws://h:1/a#b", "host and port only"),
         ("ws://h:1//a", "invalid path"),
         ("wss://h/a", "needs a port"),
-        ("tcp://h:1/.well-known/ptth/ws", "host and port only"),
+        ("tcp://h:1/.well-known/ptth?ws", "host and port only"),
     ],
 )
 def test_bad_ws_addresses_are_config_errors(text: str, message: str) -> None:
