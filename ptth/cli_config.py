@@ -43,6 +43,7 @@ class PtthConfig:
     weight: float = 1.0
     instance: str | None = None
     drain_timeout: float = 30.0
+    metrics: str | None = None
     loop: str = "auto"
     log_level: str = "INFO"
     log_format: str = "human"
@@ -65,6 +66,7 @@ class PtthConfig:
             client_cert=self.client_cert,
             client_key=self.client_key,
             proxy=self.proxy,
+            metrics=self.metrics,
         )
         if self.instance:
             fields["instance"] = self.instance
@@ -115,6 +117,10 @@ _HELP = {
     "weight": "relative share of traffic",
     "instance": "instance id, stable across reconnects (unset: host-pid-random)",
     "drain_timeout": "seconds to finish in-flight requests on shutdown",
+    "metrics": (
+        "serve this helper's own Prometheus metrics at http://HOST:PORT/metrics "
+        "(tunnels, RTT, requests, failed dials; unset: none)"
+    ),
     "loop": "event loop for the app: auto (uvloop if installed, else asyncio), asyncio, uvloop "
     "or trio",
     "log_level": "logging level",
@@ -163,6 +169,10 @@ _DOCS = {
     "weight": "relative share of traffic",
     "instance": "instance id, stable across reconnects",
     "drain_timeout": "time to finish in-flight requests on shutdown",
+    "metrics": (
+        "serve this helper's own Prometheus metrics at `http://HOST:PORT/metrics` (tunnels, "
+        "RTT, requests, failed dials; see \"Operations\")"
+    ),
     "log_level": "logging level",
     "log_format": '`human` lines, or `json`: one object per line (see "Logs")',
     "to": (
@@ -197,6 +207,7 @@ PTTH = Spec(
         "identity": "DIR",
         "client_cert": "FILE",
         "client_key": "FILE",
+        "metrics": "HOST:PORT",
     },
     repeatable=frozenset(("router", "hosts")),
     positional=frozenset(("app",)),

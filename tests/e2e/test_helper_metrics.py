@@ -67,3 +67,36 @@ def test_failure_reasons_are_bounded_labels() -> None:
     assert failure_reason(ConnectionRefusedError()) == "connect"
     assert failure_reason(HandshakeRefused(503, "busy")) == "refused_503"
     assert failure_reason(ValueError("x" * 1000)) == "other"
+
+
+@pytest.mark.timeout(40)
+async def test_cli_metrics_flag() -> None:
+    """``python -m ptth APP --router ADDR --metrics 127.0.0.1:0``: says where, and serves them."""
+    import re
+
+    from tests.support import child
+
+    async with trio.open_nursery() as nursery:
+        router = await start_router(nursery)
+        async with child(
+            nursery,
+            "-m",
+            "ptth",
+            "tests.e2e.apps_identities:app",
+            "--router",
+            router.tunnel,
+            "--metrics",
+            "127.0.0.1:0",
+        ) as helper:
+            where = await helper.wait_for(re.compile(rb"metrics on http://([\d.]+:\d+)/metrics"))
+            await router.wait_tunnels(1)
+            async with httpx.AsyncClient(timeout=10) as client:
+                assert (await client.get(f"{router.url}/")).status_code < 500
+                scrape = await client.get(f"http://{where.group(1).decode()}/metrics")
+            values = samples(scrape.text)
+            assert values[("ptth_helper_tunnels", (("router", router.tunnel),))] == 1
+            assert (
+                sum(v for (name, _), v in values.items() if name == "ptth_helper_requests_total")
+                == 1
+            )
+        nursery.cancel_scope.cancel()
