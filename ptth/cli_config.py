@@ -171,7 +171,7 @@ _DOCS = {
     "drain_timeout": "time to finish in-flight requests on shutdown",
     "metrics": (
         "serve this helper's own Prometheus metrics at `http://HOST:PORT/metrics` (tunnels, "
-        "RTT, requests, failed dials; see \"Operations\")"
+        'RTT, requests, failed dials; see "Operations")'
     ),
     "log_level": "logging level",
     "log_format": '`human` lines, or `json`: one object per line (see "Logs")',
