@@ -399,101 +399,110 @@ class _Backend:
                 f"no tunnel through proxy {proxy} within {HANDSHAKE_TIMEOUT:g} s"
             ) from None
         try:
-            # The name, also when dialled at one of its addresses (Target.ip).
-            authority = target.address.authority
-            covered = self.workers.covered(target.key) if slot >= 0 else avoid
-            handshake = ClientHandshake(
-                self.registration,
-                authority,
-                covered=covered,
-                target=target.address.handshake_target.encode("ascii"),
-            )
-            with anyio.fail_after(HANDSHAKE_TIMEOUT):
-                await sock.send(handshake.request_bytes())
-                accepted = None
-                while accepted is None:
-                    try:
-                        data = await sock.receive(65536)
-                    except anyio.EndOfStream:
-                        data = b""  # the handshake parser reports the close
-                    accepted = handshake.receive(data)
-        except TimeoutError:
-            await anyio.aclose_forcefully(sock)
-            raise HandshakeError("router did not answer the handshake in time") from None
-        except BaseException:
-            await anyio.aclose_forcefully(sock)
-            raise
-        serve_stream = self.handler or self._handle_stream
-
-        async def on_stream(stream: Stream) -> None:
-            self._maybe_scale(target, accepted.worker)
-            kind = int((b":protocol", b"websocket") in (stream.headers or ()))
-            self.serving[kind] += 1
-            metrics = self.metrics
-            if metrics is not None:
-                metrics.stream_started(bool(kind))
             try:
-                await serve_stream(stream)
-            finally:
-                self.serving[kind] -= 1
-                if metrics is not None:
-                    metrics.stream_finished(bool(kind), stream.sent_status)
+                # The name, also when dialled at one of its addresses (Target.ip).
+                authority = target.address.authority
+                covered = self.workers.covered(target.key) if slot >= 0 else avoid
+                handshake = ClientHandshake(
+                    self.registration,
+                    authority,
+                    covered=covered,
+                    target=target.address.handshake_target.encode("ascii"),
+                )
+                with anyio.fail_after(HANDSHAKE_TIMEOUT):
+                    await sock.send(handshake.request_bytes())
+                    accepted = None
+                    while accepted is None:
+                        try:
+                            data = await sock.receive(65536)
+                        except anyio.EndOfStream:
+                            data = b""  # the handshake parser reports the close
+                        accepted = handshake.receive(data)
+            except TimeoutError:
+                await anyio.aclose_forcefully(sock)
+                raise HandshakeError("router did not answer the handshake in time") from None
+            except BaseException:
+                await anyio.aclose_forcefully(sock)
+                raise
+            serve_stream = self.handler or self._handle_stream
 
-        tunnel = Connection(
-            sock,
-            client_side=False,
-            tunnel_id=accepted.tunnel_id,
-            settings=Settings(max_concurrent_streams=self.options.max_concurrent_streams),
-            liveness=self.options.liveness,
-            on_stream=on_stream,
-            initial_data=accepted.trailing,
-        )
-        capacity = min(self.options.max_concurrent_streams, accepted.max_streams or 2**31)
-        log.info(
-            "tunnel %s: registered with %s (service %s%s)",
-            accepted.tunnel_id,
-            target,
-            self.options.service,
-            describe_worker(accepted.worker),
-            extra=tunnel_fields(
-                accepted.tunnel_id, self.options.instance, self.options.service, "registered"
-            ),
-        )
-        self.tunnels.add(tunnel)
-        if self.metrics is not None:
-            self.metrics.tunnel_registered(str(target))
-        group = self._by_router.setdefault(target, {})
-        group[tunnel] = capacity
-        self.workers.track(tunnel, accepted.worker)
-        worker = accepted.worker if slot >= 0 else None
-        surplus = not self.workers.registered(target.key, worker)
-        if surplus:
-            log.info("tunnel %s: a surplus tunnel to its worker; closing it", accepted.tunnel_id)
-        if self._connectors is not None:  # the router named more workers: more slots
-            for extra in self.workers.new_slots(target.key):
-                self._connectors.start_soon(self._connector, target, extra)
-        if on_live is not None:
-            on_live()
-        backoff.connected(anyio.current_time())
-        try:
-            async with anyio.create_task_group() as nursery:
-                await nursery.start(tunnel.run)
-                self.connected.set()
-                if self.draining or surplus or self._is_retired(target):
-                    nursery.start_soon(tunnel.drain, self.options.drain_timeout)
-                elif slot < 0:
-                    nursery.start_soon(self._close_when_idle, tunnel)
-        finally:
-            self.tunnels.discard(tunnel)
-            group.pop(tunnel, None)
-            self.workers.dropped(target.key, worker)
-            self.workers.untrack(tunnel)
-            log.info(
-                "tunnel %s: closed (%s)",
-                accepted.tunnel_id,
-                tunnel.close_reason,
-                extra=tunnel_fields(accepted.tunnel_id, self.options.instance, event="closed"),
+            async def on_stream(stream: Stream) -> None:
+                self._maybe_scale(target, accepted.worker)
+                kind = int((b":protocol", b"websocket") in (stream.headers or ()))
+                self.serving[kind] += 1
+                metrics = self.metrics
+                if metrics is not None:
+                    metrics.stream_started(bool(kind))
+                try:
+                    await serve_stream(stream)
+                finally:
+                    self.serving[kind] -= 1
+                    if metrics is not None:
+                        metrics.stream_finished(bool(kind), stream.sent_status)
+
+            tunnel = Connection(
+                sock,
+                client_side=False,
+                tunnel_id=accepted.tunnel_id,
+                settings=Settings(max_concurrent_streams=self.options.max_concurrent_streams),
+                liveness=self.options.liveness,
+                on_stream=on_stream,
+                initial_data=accepted.trailing,
             )
+            capacity = min(self.options.max_concurrent_streams, accepted.max_streams or 2**31)
+            log.info(
+                "tunnel %s: registered with %s (service %s%s)",
+                accepted.tunnel_id,
+                target,
+                self.options.service,
+                describe_worker(accepted.worker),
+                extra=tunnel_fields(
+                    accepted.tunnel_id, self.options.instance, self.options.service, "registered"
+                ),
+            )
+            self.tunnels.add(tunnel)
+            if self.metrics is not None:
+                self.metrics.tunnel_registered(str(target))
+            group = self._by_router.setdefault(target, {})
+            group[tunnel] = capacity
+            self.workers.track(tunnel, accepted.worker)
+            worker = accepted.worker if slot >= 0 else None
+            surplus = not self.workers.registered(target.key, worker)
+            if surplus:
+                log.info(
+                    "tunnel %s: a surplus tunnel to its worker; closing it", accepted.tunnel_id
+                )
+            if self._connectors is not None:  # the router named more workers: more slots
+                for extra in self.workers.new_slots(target.key):
+                    self._connectors.start_soon(self._connector, target, extra)
+            if on_live is not None:
+                on_live()
+            backoff.connected(anyio.current_time())
+            try:
+                async with anyio.create_task_group() as nursery:
+                    await nursery.start(tunnel.run)
+                    self.connected.set()
+                    if self.draining or surplus or self._is_retired(target):
+                        nursery.start_soon(tunnel.drain, self.options.drain_timeout)
+                    elif slot < 0:
+                        nursery.start_soon(self._close_when_idle, tunnel)
+            finally:
+                self.tunnels.discard(tunnel)
+                group.pop(tunnel, None)
+                self.workers.dropped(target.key, worker)
+                self.workers.untrack(tunnel)
+                log.info(
+                    "tunnel %s: closed (%s)",
+                    accepted.tunnel_id,
+                    tunnel.close_reason,
+                    extra=tunnel_fields(accepted.tunnel_id, self.options.instance, event="closed"),
+                )
+
+        finally:
+            # A safety net: every way out closes the dialled stream, also one that never reached
+            # tunnel.run (which closes it itself; a second close is a no-op for every transport).
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(sock)
 
     async def _handle_stream(self, stream: Stream) -> None:
         assert self.app is not None
