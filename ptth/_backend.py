@@ -19,6 +19,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -785,24 +786,24 @@ def resolve_arguments(
     addresses = [router_addr] if isinstance(router_addr, str) else list(router_addr)
     if not addresses:
         raise ConfigError("at least one router address is required")
+    given: dict[str, Any] = dict(
+        service=service,
+        hosts=tuple(hosts),
+        path_prefix=path_prefix,
+        token=token,
+        connections=connections,
+        max_concurrent_streams=max_concurrent_streams,
+        max_connections=max_connections,
+        weight=weight,
+        strip_prefix=strip_prefix,
+        ca_file=ca_file,
+        ssl_context=ssl_context,
+        identity=identity,
+        client_cert=client_cert,
+        client_key=client_key,
+        proxy=proxy,
+    )
     if options is not None:
-        given = dict(
-            service=service,
-            hosts=tuple(hosts),
-            path_prefix=path_prefix,
-            token=token,
-            connections=connections,
-            max_concurrent_streams=max_concurrent_streams,
-            max_connections=max_connections,
-            weight=weight,
-            strip_prefix=strip_prefix,
-            ca_file=ca_file,
-            ssl_context=ssl_context,
-            identity=identity,
-            client_cert=client_cert,
-            client_key=client_key,
-            proxy=proxy,
-        )
         clashing = sorted(k for k, v in given.items() if v != _KEYWORD_DEFAULTS[k])
         if clashing:
             raise ConfigError(
@@ -814,23 +815,7 @@ def resolve_arguments(
     if connections < 1:
         raise ConfigError("connections must be at least 1")
     if options is None:
-        options = BackendOptions(
-            service=service,
-            hosts=tuple(hosts),
-            path_prefix=path_prefix,
-            token=token,
-            connections=connections,
-            max_concurrent_streams=max_concurrent_streams,
-            max_connections=max_connections,
-            weight=weight,
-            strip_prefix=strip_prefix,
-            ca_file=ca_file,
-            ssl_context=ssl_context,
-            identity=identity,
-            client_cert=client_cert,
-            client_key=client_key,
-            proxy=proxy,
-        )
+        options = BackendOptions(**given)
     return addresses, options
 
 
