@@ -290,7 +290,9 @@ def test_table_binds_tokens_caps_and_expires() -> None:
     assert table.find(first.token, mine, 1.0) is first
     assert table.find(first.token, binding("10.0.0.2", "Bearer x"), 1.0) is None
     assert table.find(first.token, binding("10.0.0.1", "Bearer y"), 1.0) is None
-    assert table.find(first.token[:-1] + "A", mine, 1.0) is None
+    # One character changed (never to itself: a token may already end in "A").
+    altered = first.token[:-1] + ("B" if first.token.endswith("A") else "A")
+    assert table.find(altered, mine, 1.0) is None
     keyed = binding("10.0.0.1", "Bearer x", "client-secret")
     assert keyed != mine and keyed != binding("10.0.0.1", "Bearer x", "other-secret")
     first.begin(2.0)  # a request in flight keeps it alive past the idle timeout
