@@ -34,8 +34,20 @@ LOAD_TIMEOUT = 120.0
 STOP_TIMEOUT = 10.0
 
 
+# The reader threads and the main thread all print: print() writes the text and its end
+# separately, so without a lock two lines can run together.
+_output = threading.Lock()
+
+
+def emit(text: str) -> None:
+    """Write ``text`` (a whole line, newline included) at once."""
+    with _output:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    emit(f"[demo] {message}\n")
 
 
 class Child:
@@ -65,7 +77,7 @@ class Child:
             elif line.startswith("status page on "):
                 say(f"{line.strip()} (live while the demo runs: open it in a browser)")
             else:
-                print(f"[{self.name}] {line}", end="", flush=True)
+                emit(f"[{self.name}] {line}")
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -146,9 +158,9 @@ def main() -> int:
 
         user = [str(EXAMPLES / "user.py"), "--url", f"{front}/foo"]
         user += ["--requests", "200", "--concurrency", "10"]
-        print(flush=True)
+        emit("\n")
         result = subprocess.run([sys.executable, *user], cwd=ROOT, timeout=LOAD_TIMEOUT)
-        print(flush=True)
+        emit("\n")
         say(f"user.py exited with {result.returncode}")
         return result.returncode
     except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
