@@ -21,8 +21,9 @@ Each adaptation has a documented reason (ARCHITECTURE.md, "The engine"):
 * **A logger with ``trace``.** h2's ``config.logger`` needs ``.debug`` and ``.trace``; a plain
   ``logging.Logger`` has no ``trace``. h2 logs every frame: far too chatty even at DEBUG.
 
-Versions are bounded in pyproject.toml (``h2>=4.1,<5``, ``hyperframe>=6,<7``); a release that
-renames what this module touches fails at import with a clear message instead of misbehaving.
+Versions are bounded in pyproject.toml (``h2>=4.1,<5``, ``hyperframe>=6,<7``, ``hpack>=4,<5``) and
+checked here at import, as is every name this module touches: another major version, or a release
+that renames one of them, fails at import with a clear message instead of misbehaving.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
 import hpack.hpack
 import hpack.table
 import hyperframe
@@ -78,9 +80,14 @@ def _check() -> None:
                 f"unsupported h2 {h2.__version__} / hyperframe {hyperframe.__version__}: "
                 f"{owner_name} lacks {', '.join(missing)} (ptth needs h2>=4.1,<5)"
             )
-    major = int(h2.__version__.split(".")[0])
-    if major != 4:
-        raise ConfigError(f"ptth needs h2>=4.1,<5, found {h2.__version__}")
+    # Each patched library by the major version its adaptation was written and tested against.
+    for library, version, major in (
+        ("h2", h2.__version__, 4),
+        ("hyperframe", hyperframe.__version__, 6),
+        ("hpack", hpack.__version__, 4),
+    ):
+        if int(version.split(".")[0]) != major:
+            raise ConfigError(f"ptth needs {library} {major}.x, found {version}")
 
 
 _check()

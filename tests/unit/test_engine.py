@@ -1232,3 +1232,30 @@ def test_the_silent_frame_balance_starts_again_each_window() -> None:
     pair.now += LIMITS.window + 1
     pair.feed(DataFrame(1, data=b"x").serialize() * 19)
     assert pair.engine.closed is None
+
+
+@pytest.mark.parametrize(
+    ("module", "version"),
+    [("h2", "5.0.0"), ("hyperframe", "7.0.0"), ("hpack", "5.0.0")],
+)
+def test_adapter_refuses_a_major_version_it_was_not_written_for(
+    monkeypatch: pytest.MonkeyPatch, module: str, version: str
+) -> None:
+    """The h2 adapter patches these libraries; another major version fails loudly at import."""
+    import importlib
+
+    from ptth.engine import _h2
+    from ptth.errors import ConfigError
+
+    monkeypatch.setattr(importlib.import_module(module), "__version__", version)
+    with pytest.raises(ConfigError, match=f"ptth needs {module} .*found {version}"):
+        _h2._check()
+
+
+def test_adapter_refuses_h2_without_a_name_it_touches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptth.engine import _h2
+    from ptth.errors import ConfigError
+
+    monkeypatch.delattr(h2.connection.H2Connection, "_prepare_for_sending")
+    with pytest.raises(ConfigError, match="H2Connection lacks _prepare_for_sending"):
+        _h2._check()
